@@ -1,0 +1,1 @@
+"""Export of trained SavedModels into one model repository for TF Serving, Triton and our server."""

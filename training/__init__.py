@@ -1,0 +1,1 @@
+"""Training of the tutorial's standard and depthwise-separable MNIST CNNs."""
