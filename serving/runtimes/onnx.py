@@ -1,0 +1,88 @@
+"""ONNX Runtime back end: loads ``model.onnx`` from a version directory; no TensorFlow needed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from contract import ONNX_FILENAME, SIGNATURE_NAME
+from serving.runtimes.base import Runtime, RuntimeLoadError, RuntimeOptions, Signature, TensorSpec
+
+_ONNX_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(bool)": np.bool_,
+    "tensor(float16)": np.float16,
+}
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    if arg.type not in _ONNX_TYPES:
+        raise RuntimeLoadError(f"unsupported ONNX tensor type {arg.type} for {arg.name}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, np.dtype(_ONNX_TYPES[arg.type]), shape, tensor_name=arg.name)
+
+
+class OnnxRuntime(Runtime):
+    """``model.onnx`` run by ONNX Runtime, on CUDA when onnxruntime-gpu provides it."""
+
+    kind = "onnx"
+
+    def __init__(self, version_dir: Path, options: RuntimeOptions) -> None:
+        super().__init__(version_dir, options)
+        path = version_dir / ONNX_FILENAME
+        if not path.is_file():
+            raise RuntimeLoadError(f"{path} not found")
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if options.device == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise RuntimeLoadError(
+                    "device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
+                    f"(available: {available}); install onnxruntime-gpu"
+                )
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=providers
+            )
+        except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
+            raise RuntimeLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        inputs = {a.name: _spec(a) for a in self._session.get_inputs()}
+        outputs = {a.name: _spec(a) for a in self._session.get_outputs()}
+        # ONNX has one graph; it stands for the SavedModel's serving_default signature.
+        self._signatures = {SIGNATURE_NAME: Signature(SIGNATURE_NAME, inputs, outputs)}
+        self._output_names = list(outputs)
+        self._run_options = ort.RunOptions()
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        return self._signatures
+
+    def predict(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        names = list(output_names) if output_names else self._output_names
+        results = self._session.run(names, dict(inputs), self._run_options)
+        return dict(zip(names, results, strict=True))
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "runtime": self.kind,
+            "onnxruntime": ort.__version__,
+            "providers": ",".join(self._session.get_providers()),
+        }
