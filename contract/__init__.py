@@ -1,6 +1,7 @@
 """The public contract shared by training, export, serving and load tests.
 
-Kept free of heavy imports (no TensorFlow) so the ONNX-only server and the load generator can use it.
+Kept free of heavy imports (no TensorFlow) so the ONNX-only server and the load generator can
+use it.
 """
 
 from __future__ import annotations

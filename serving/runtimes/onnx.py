@@ -57,7 +57,7 @@ class OnnxRuntime(Runtime):
             self._session = ort.InferenceSession(
                 str(path), sess_options=session_options, providers=providers
             )
-        except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
+        except Exception as exc:
             raise RuntimeLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         inputs = {a.name: _spec(a) for a in self._session.get_inputs()}
         outputs = {a.name: _spec(a) for a in self._session.get_outputs()}

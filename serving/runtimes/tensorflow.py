@@ -65,7 +65,7 @@ class TensorFlowRuntime(Runtime):
         try:
             self._loaded = tf.saved_model.load(str(version_dir), tags=["serve"])
             tensor_names = _graph_tensor_names(version_dir)
-        except Exception as exc:  # noqa: BLE001 - TF raises many types for a bad SavedModel
+        except Exception as exc:
             raise RuntimeLoadError(f"TensorFlow cannot load {version_dir}: {exc}") from exc
         self._functions: dict[str, Any] = dict(self._loaded.signatures)
         if not self._functions:

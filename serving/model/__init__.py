@@ -1,0 +1,1 @@
+"""The model layer: configuration, versions and their life cycle, batching, prediction."""

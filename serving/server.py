@@ -1,0 +1,296 @@
+"""Assembles the server from the settings and runs it until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from pathlib import Path
+
+import grpc
+
+from serving.errors import ServingError
+from serving.model.config import ConfigError, ModelConfig, load_config_file
+from serving.model.manager import ModelManager
+from serving.model.service import PredictionService, validate_inputs
+from serving.model.versions import ServableVersion
+from serving.model.warmup import read_prediction_logs
+from serving.runtimes import Runtime, RuntimeOptions, load_runtime
+from serving.settings import Settings, TlsSettings
+from serving.tensor_codec import to_numpy
+from serving.transport.grpc_api import Health, build_server
+from serving.transport.rest_api import RestApi, start_rest
+
+log = logging.getLogger("serving")
+
+# Requests up to this many rows run on the event loop thread with the ONNX runtime: its call
+# takes tens of microseconds, less than handing the work to a thread and back.
+INLINE_MAX_ROWS = {"onnx": 4, "tensorflow": 0, "torch": 0}
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (one line for the operator)."""
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    """Runtime settings from the server settings."""
+    hint = settings.batching.allowed_batch_sizes if settings.enable_batching else ()
+    return RuntimeOptions(
+        intra_op_threads=settings.tensorflow_intra_op_parallelism,
+        inter_op_threads=settings.tensorflow_inter_op_parallelism,
+        device=settings.device,
+        batch_sizes_hint=tuple(hint),
+    )
+
+
+def model_configs(settings: Settings) -> list[ModelConfig]:
+    """The models to serve, from ``--model_config_file`` or ``--model_name/--model_base_path``."""
+    if settings.model_config_file is not None:
+        return load_config_file(settings.model_config_file)
+    assert settings.model_base_path is not None
+    return [ModelConfig(settings.model_name, settings.model_base_path.resolve())]
+
+
+def warm_up(version: ServableVersion, path: Path, max_request_bytes: int) -> int:
+    """Replay the version's warm-up Predict requests straight into its runtime."""
+    runtime: Runtime | None = version.runtime
+    assert runtime is not None
+    count = 0
+    for record in read_prediction_logs(path):
+        if not record.HasField("predict_log"):
+            continue  # classify/regress warm-up records have no Predict signature here
+        request = record.predict_log.request
+        signature_name = request.model_spec.signature_name or "serving_default"
+        signature = runtime.signatures.get(signature_name)
+        if signature is None:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"warm-up request names unknown signature {signature_name!r}",
+            )
+        inputs = {k: to_numpy(v, k, max_request_bytes) for k, v in request.inputs.items()}
+        if validate_inputs(signature, inputs):
+            runtime.predict(signature_name, inputs, list(request.output_filter) or None)
+        count += 1
+    return count
+
+
+def _tls_files(tls: TlsSettings, directory: Path) -> tuple[Path, Path, Path | None]:
+    cert, key = directory / "server.crt", directory / "server.key"
+    cert.write_text(tls.server_cert)
+    key.write_text(tls.server_key)
+    key.chmod(0o600)
+    ca = None
+    if tls.custom_ca:
+        ca = directory / "ca.crt"
+        ca.write_text(tls.custom_ca)
+    return cert, key, ca
+
+
+def rest_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """TLS for the REST port from the same certificate as gRPC (client certs when asked)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="serving-tls-") as tmp:
+        cert, key, ca = _tls_files(tls, Path(tmp))
+        context.load_cert_chain(cert, key)
+        if ca is not None:
+            context.load_verify_locations(cafile=str(ca))
+    if tls.client_verify:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def grpc_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """gRPC server credentials (mutual TLS when ``client_verify``)."""
+    return grpc.ssl_server_credentials(
+        [(tls.server_key.encode(), tls.server_cert.encode())],
+        root_certificates=tls.custom_ca.encode() if tls.custom_ca else None,
+        require_client_auth=tls.client_verify,
+    )
+
+
+class Server:
+    """One server process: gRPC + REST on one event loop, models, batching, polling."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self._shutting_down = False
+        options = runtime_options(settings)
+        self._executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+        batch_executor = None
+        if settings.enable_batching:
+            batch_executor = ThreadPoolExecutor(
+                settings.batching.num_batch_threads, thread_name_prefix="batch"
+            )
+        self._batch_executor = batch_executor
+
+        def load(path: Path) -> Runtime:
+            return load_runtime(settings.runtime, path, options)
+
+        def warmup(version: ServableVersion, path: Path) -> int:
+            return warm_up(version, path, settings.max_request_bytes)
+
+        self.manager = ModelManager(load, warmup=warmup if settings.enable_model_warmup else None)
+        self.service = PredictionService(
+            self.manager,
+            self._executor,
+            batching=settings.batching if settings.enable_batching else None,
+            batch_executor=batch_executor,
+            inline_max_rows=INLINE_MAX_ROWS.get(settings.runtime, 0),
+        )
+        self.health = Health()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown (signal handler)."""
+        self._stop.set()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh_health(self) -> None:
+        await self.health.update(self.service, self._shutting_down)
+
+    async def _poll_files(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await self.manager.poll()
+
+    async def _poll_config(self, path: Path, every_s: float) -> None:
+        last = path.read_text()
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                text = path.read_text()
+                if text == last:
+                    continue
+                configs = load_config_file(path)
+            except (OSError, ConfigError) as exc:
+                log.error("ignoring unreadable model config %s: %s", path, exc)
+                continue
+            last = text
+            log.info("model config %s changed: reloading", path)
+            await self.manager.apply_config(configs, wait=False)
+
+    async def run(self) -> int:
+        """Serve until asked to stop; return the process exit code."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            configs = model_configs(settings)
+        except ConfigError as exc:
+            raise StartupError(f"--model_config_file: {exc}") from exc
+
+        grpc_server = build_server(
+            self.service,
+            self.health,
+            max_request_bytes=settings.max_request_bytes,
+            timeout_s=settings.request_timeout_seconds,
+            max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        )
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls is not None:
+            bound = grpc_server.add_secure_port(address, grpc_credentials(settings.tls))
+        else:
+            bound = grpc_server.add_insecure_port(address)
+        if not bound:
+            raise StartupError(f"--port: cannot listen on {address}")
+        await self._refresh_health()
+        await grpc_server.start()
+        rest_runner = None
+        if settings.rest_api_port:
+            context = rest_ssl_context(settings.tls) if settings.tls else None
+            api = RestApi(
+                self.service, settings.max_request_bytes, settings.request_timeout_seconds
+            )
+            try:
+                rest_runner = await start_rest(api, settings.host, settings.rest_api_port, context)
+            except OSError as exc:
+                await grpc_server.stop(0)
+                raise StartupError(
+                    f"--rest_api_port: cannot listen on {settings.host}:{settings.rest_api_port}: "
+                    f"{exc.strerror}"
+                ) from exc
+
+        self.manager.on_change = lambda: self._spawn(self._refresh_health())
+        await self.manager.apply_config(configs, wait=True)
+        missing = [name for name in self.manager.model_names if not self.manager.is_available(name)]
+        if missing:
+            await grpc_server.stop(0)
+            if rest_runner is not None:
+                await rest_runner.cleanup()
+            details = "; ".join(self._load_errors(name) for name in missing)
+            raise StartupError(f"no version could be loaded for {', '.join(missing)}: {details}")
+        await self._refresh_health()
+        log.info(
+            "serving %s with the %s runtime: gRPC %s, REST %s",
+            ", ".join(self.manager.model_names),
+            settings.runtime,
+            address,
+            f"{settings.host}:{settings.rest_api_port}" if rest_runner else "off",
+        )
+        if settings.file_system_poll_wait_seconds > 0:
+            self._spawn(self._poll_files(settings.file_system_poll_wait_seconds))
+        if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
+            self._spawn(
+                self._poll_config(
+                    settings.model_config_file, settings.model_config_file_poll_wait_seconds
+                )
+            )
+
+        await self._stop.wait()
+        # Drain: health flips first (load balancers stop routing), then no new RPCs are taken
+        # while in-flight ones finish within the grace period.
+        log.info("shutting down: draining in-flight requests")
+        self._shutting_down = True
+        await self._refresh_health()
+        for task in list(self._background):
+            task.cancel()
+        grace = settings.shutdown_grace_seconds
+        stops = [grpc_server.stop(grace)]
+        if rest_runner is not None:
+            stops.append(rest_runner.cleanup())
+        await asyncio.gather(*stops, return_exceptions=True)
+        with suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.manager.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._batch_executor is not None:
+            self._batch_executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+        return 0
+
+    def _load_errors(self, name: str) -> str:
+        model = self.manager.model(name)
+        errors = [v.error.message for v in model.versions.values() if v.error is not None]
+        if errors:
+            return f"{name}: {errors[-1]}"
+        return f"{name}: no version directory under {model.config.base_path}"
+
+
+def configure_logging(level: str) -> None:
+    """One-line log records on stderr."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    # Reduce noise from libraries at info level.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run_server(settings: Settings) -> int:
+    """Run one server process to completion."""
+    configure_logging(settings.log_level)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    server = Server(settings)
+    return asyncio.run(server.run())

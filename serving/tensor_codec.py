@@ -1,0 +1,131 @@
+"""``TensorProto`` ↔ numpy, strict: a malformed tensor is an INVALID_ARGUMENT, never a crash.
+
+Decoding checks everything TF's ``Tensor::FromProto`` checks (dtype, non-negative dims, content
+length equal to the shape's element count) before allocating, so absurd shapes cannot make the
+server allocate memory for them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from contract.protos import tensor_pb2, tensor_shape_pb2, types_pb2
+from serving.errors import invalid_argument
+
+# DataType → (numpy dtype, name of the typed repeated field that carries it)
+_DTYPES: dict[int, tuple[np.dtype, str]] = {
+    types_pb2.DT_FLOAT: (np.dtype(np.float32), "float_val"),
+    types_pb2.DT_DOUBLE: (np.dtype(np.float64), "double_val"),
+    types_pb2.DT_INT32: (np.dtype(np.int32), "int_val"),
+    types_pb2.DT_INT16: (np.dtype(np.int16), "int_val"),
+    types_pb2.DT_INT8: (np.dtype(np.int8), "int_val"),
+    types_pb2.DT_UINT8: (np.dtype(np.uint8), "int_val"),
+    types_pb2.DT_UINT16: (np.dtype(np.uint16), "int_val"),
+    types_pb2.DT_INT64: (np.dtype(np.int64), "int64_val"),
+    types_pb2.DT_UINT32: (np.dtype(np.uint32), "uint32_val"),
+    types_pb2.DT_UINT64: (np.dtype(np.uint64), "uint64_val"),
+    types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val"),
+    types_pb2.DT_HALF: (np.dtype(np.float16), "half_val"),
+}
+_DTYPE_ENUM: dict[np.dtype, int] = {dtype: enum for enum, (dtype, _) in _DTYPES.items()}
+_DTYPE_ENUM[np.dtype(np.int32)] = types_pb2.DT_INT32
+_DTYPE_ENUM[np.dtype(np.uint8)] = types_pb2.DT_UINT8
+_TYPED_FIELDS = sorted({field for _, field in _DTYPES.values()} | {"string_val", "scomplex_val"})
+
+
+def dtype_name(enum_value: int) -> str:
+    """``DT_FLOAT`` style name of a ``DataType`` value (or its number if unknown)."""
+    try:
+        return str(types_pb2.DataType.Name(enum_value))
+    except ValueError:
+        return str(enum_value)
+
+
+def numpy_to_dtype_enum(dtype: np.dtype) -> int:
+    """``DataType`` of a numpy dtype."""
+    try:
+        return _DTYPE_ENUM[np.dtype(dtype)]
+    except KeyError as exc:
+        raise ValueError(f"no TensorFlow dtype for numpy {dtype}") from exc
+
+
+def shape_of(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> tuple[int, ...]:
+    """Validated shape of ``proto``; its decoded size may not exceed ``max_bytes``."""
+    shape = proto.tensor_shape
+    if shape.unknown_rank:
+        raise invalid_argument(f"input '{name}' has unknown rank; a full shape is required")
+    dims = tuple(int(d.size) for d in shape.dim)
+    for axis, size in enumerate(dims):
+        if size < 0:
+            raise invalid_argument(f"input '{name}' has negative dimension {size} at axis {axis}")
+    size = math.prod(dims) * _DTYPES[proto.dtype][0].itemsize
+    if size > max_bytes:
+        # Also covers a single typed value that TF semantics would broadcast to a huge shape.
+        raise invalid_argument(
+            f"input '{name}' shape {list(dims)} needs {size} bytes, more than the request "
+            f"limit of {max_bytes}"
+        )
+    return dims
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.ndarray:
+    """Decode one request tensor; raises ``ServingError`` (INVALID_ARGUMENT) on any mismatch."""
+    if proto.dtype not in _DTYPES:
+        raise invalid_argument(f"input '{name}' has unsupported dtype {dtype_name(proto.dtype)}")
+    dtype, typed_field = _DTYPES[proto.dtype]
+    dims = shape_of(proto, name, max_bytes)
+    elements = math.prod(dims)
+    content = proto.tensor_content
+    typed_fields = [f for f in _TYPED_FIELDS if len(getattr(proto, f))]
+    if content:
+        if typed_fields:
+            raise invalid_argument(
+                f"input '{name}' sets both tensor_content and {typed_fields[0]}; use one"
+            )
+        expected = elements * dtype.itemsize
+        if len(content) != expected:
+            raise invalid_argument(
+                f"input '{name}' tensor_content has {len(content)} bytes; shape {list(dims)} "
+                f"of {dtype_name(proto.dtype)} needs {expected}"
+            )
+        return np.frombuffer(content, dtype=dtype).reshape(dims)
+    if typed_fields and typed_fields != [typed_field]:
+        raise invalid_argument(
+            f"input '{name}' is {dtype_name(proto.dtype)} but carries values in "
+            f"{', '.join(typed_fields)} (expected {typed_field})"
+        )
+    values = getattr(proto, typed_field)
+    count = len(values)
+    if count == elements:
+        return np.asarray(values, dtype=dtype).reshape(dims)
+    if count == 1 and elements > 0:
+        # TF's Tensor::FromProto fills the whole shape with a single given value.
+        return np.full(dims, values[0], dtype=dtype)
+    if count == 0 and elements == 0:
+        return np.zeros(dims, dtype=dtype)
+    raise invalid_argument(
+        f"input '{name}' has {count} values in {typed_field}; shape {list(dims)} needs {elements}"
+    )
+
+
+def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
+    """Encode ``array`` into ``out`` in the typed fields (float_val, int64_val...), as TF Serving
+    answers Predict (TF's ``Tensor::AsProtoField``)."""
+    enum_value = numpy_to_dtype_enum(array.dtype)
+    out.dtype = enum_value  # type: ignore[assignment]
+    out.tensor_shape.CopyFrom(
+        tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in array.shape]
+        )
+    )
+    typed_field = _DTYPES[enum_value][1]
+    getattr(out, typed_field).extend(array.ravel().tolist())
+
+
+def shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
+    """``TensorShapeProto`` of a signature shape (-1 for unknown dimensions)."""
+    return tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in shape]
+    )

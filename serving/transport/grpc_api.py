@@ -1,0 +1,246 @@
+"""The gRPC API: ``tensorflow.serving.PredictionService`` and ``ModelService`` (the messages and
+service names of tensorflow-serving-api), plus grpc.health.v1 and server reflection.
+
+Only proto ↔ numpy conversion happens here; the model layer does the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from contract.protos import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
+from serving.errors import ServingError, invalid_argument, unimplemented
+from serving.model.config import ConfigError, from_proto
+from serving.model.service import ModelRef, PredictionService
+from serving.model_protos import signature_def_map, version_statuses
+from serving.tensor_codec import from_numpy, to_numpy
+
+log = logging.getLogger("serving.grpc")
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+
+Reply = TypeVar("Reply")
+
+
+def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
+    """``ModelSpec`` → ``ModelRef`` (version and label are a oneof)."""
+    if not spec.name:
+        raise invalid_argument("model_spec.name is required")
+    which = spec.WhichOneof("version_choice")
+    version = spec.version.value if which == "version" else None
+    label = spec.version_label if which == "version_label" else None
+    return ModelRef(spec.name, version, label, spec.signature_name)
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Reply]]) -> Reply:
+    """Run a handler, turning ``ServingError`` into its status and anything else into INTERNAL
+    (logged: it is a server bug, not the client's fault)."""
+    try:
+        return await call()
+    except ServingError as exc:
+        await context.abort(exc.code, exc.message)
+    except TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "request deadline exceeded")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, grpc.aio.AbortError):
+            raise
+        log.exception("unexpected error in a gRPC handler")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService``."""
+
+    def __init__(
+        self, service: PredictionService, max_request_bytes: int, timeout_s: float
+    ) -> None:
+        self._service = service
+        self._max_bytes = max_request_bytes
+        self._timeout_s = timeout_s
+
+    async def Predict(  # noqa: N802 - gRPC method name
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        return await _guard(context, lambda: self._predict(request, context))
+
+    async def _predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        ref = model_ref(request.model_spec)
+        inputs = {
+            name: to_numpy(tensor, name, self._max_bytes) for name, tensor in request.inputs.items()
+        }
+        remaining = context.time_remaining()
+        timeout = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
+        async with asyncio.timeout(timeout):
+            result = await self._service.predict(ref, inputs, list(request.output_filter), "grpc")
+        response = predict_pb2.PredictResponse()
+        spec = response.model_spec
+        spec.name = result.model
+        spec.version.value = result.version
+        spec.signature_name = result.signature_name
+        for name, array in result.outputs.items():
+            from_numpy(array, response.outputs[name])
+        return response
+
+    async def GetModelMetadata(  # noqa: N802
+        self,
+        request: get_model_metadata_pb2.GetModelMetadataRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        async def call() -> get_model_metadata_pb2.GetModelMetadataResponse:
+            ref = model_ref(request.model_spec)
+            fields = list(request.metadata_field)
+            if not fields:
+                raise invalid_argument(
+                    "GetModelMetadataRequest must specify at least one metadata_field"
+                )
+            unsupported = [f for f in fields if f != "signature_def"]
+            if unsupported:
+                raise invalid_argument(f"Metadata field {unsupported[0]} is not supported")
+            servable = self._service.manager.resolve(ref.name, ref.version, ref.label)
+            assert servable.runtime is not None
+            packed = any_pb2.Any()
+            packed.Pack(signature_def_map(servable.runtime.signatures))
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = ref.name
+            response.model_spec.version.value = servable.version
+            response.metadata["signature_def"].CopyFrom(packed)
+            return response
+
+        return await _guard(context, call)
+
+    async def _unsupported(self, spec: model_pb2.ModelSpec, api: str) -> Any:
+        ref = model_ref(spec)
+        servable = self._service.manager.resolve(ref.name, ref.version, ref.label)
+        signature = self._service.signature(servable, ref.signature_name)
+        raise unimplemented(
+            f"{api} needs a {api.lower()} signature; model '{ref.name}' version "
+            f"{servable.version} signature '{signature.name}' is a Predict signature "
+            f"({signature.method_name}): use Predict"
+        )
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await _guard(context, lambda: self._unsupported(request.model_spec, "Classify"))
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await _guard(context, lambda: self._unsupported(request.model_spec, "Regress"))
+
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def call() -> Any:
+            if not request.tasks:
+                raise invalid_argument("MultiInference request has no tasks")
+            return await self._unsupported(request.tasks[0].model_spec, "MultiInference")
+
+        return await _guard(context, call)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``tensorflow.serving.ModelService``: status and live reconfiguration."""
+
+    def __init__(self, service: PredictionService) -> None:
+        self._service = service
+
+    async def GetModelStatus(  # noqa: N802
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        async def call() -> get_model_status_pb2.GetModelStatusResponse:
+            spec = request.model_spec
+            if not spec.name:
+                raise invalid_argument("model_spec.name is required")
+            version = spec.version.value if spec.HasField("version") else None
+            return get_model_status_pb2.GetModelStatusResponse(
+                model_version_status=version_statuses(self._service, spec.name, version)
+            )
+
+        return await _guard(context, call)
+
+    async def HandleReloadConfigRequest(  # noqa: N802
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        async def call() -> model_management_pb2.ReloadConfigResponse:
+            try:
+                configs = from_proto(request.config)
+            except ConfigError as exc:
+                raise invalid_argument(f"invalid model config: {exc}") from exc
+            await self._service.manager.apply_config(configs, wait=True)
+            return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
+
+        return await _guard(context, call)
+
+
+class Health:
+    """grpc.health.v1 statuses: overall (""), per gRPC service and per model name."""
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self._serving = False
+
+    async def update(self, service: PredictionService, shutting_down: bool = False) -> None:
+        """Recompute from the models' state (NOT_SERVING until every model has a version)."""
+        manager = service.manager
+        ready = manager.all_available() and not shutting_down
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", PREDICTION_SERVICE, MODEL_SERVICE):
+            await self.servicer.set(name, status)
+        for name in manager.model_names:
+            model_ready = manager.is_available(name) and not shutting_down
+            await self.servicer.set(
+                name,
+                health_pb2.HealthCheckResponse.SERVING
+                if model_ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+
+
+def build_server(
+    service: PredictionService,
+    health_status: Health,
+    *,
+    max_request_bytes: int,
+    timeout_s: float,
+    max_concurrent_streams: int = 0,
+) -> grpc.aio.Server:
+    """An aio gRPC server with all services registered (ports are added by the caller)."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 1),  # --workers: several processes share the port
+    ]
+    if max_concurrent_streams:
+        options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
+    server = grpc.aio.server(options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(service, max_request_bytes, timeout_s), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_status.servicer, server)
+    reflection.enable_server_reflection(
+        (PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server

@@ -1,0 +1,287 @@
+"""The REST API of TF Serving (aiohttp): status, metadata and ``:predict`` in the row
+(``instances``) and columnar (``inputs``) formats, errors as ``{"error": "..."}``.
+
+Only JSON ↔ numpy conversion happens here; the model layer does the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from google.protobuf import json_format
+
+from contract.protos import get_model_status_pb2
+from serving import metrics
+from serving.errors import ServingError, http_status, invalid_argument, not_found, unimplemented
+from serving.model.service import ModelRef, PredictionService
+from serving.model_protos import signature_def_map, version_statuses
+from serving.runtimes import Signature, TensorSpec
+
+log = logging.getLogger("serving.rest")
+
+# TF Serving's own URL grammar (http_rest_api_handler.cc), case-insensitive.
+_PREDICT_PATH = re.compile(
+    r"(?i)^/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)$"
+)
+_STATUS_PATH = re.compile(
+    r"(?i)^/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?$"
+)
+METRICS_PATH = "/monitoring/prometheus/metrics"
+_JSON = "application/json"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: NaN/Infinity literals, invalid UTF-8 and absurd nesting are 400s."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: nesting too deep") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise invalid_argument(f"JSON Parse error: {exc}") from None
+
+
+def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise invalid_argument(
+            f"input '{spec.name}': not a rectangular array of numbers ({exc})"
+        ) from None
+    kind = array.dtype.kind
+    wanted = spec.dtype.kind
+    allowed = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}.get(wanted, "iuf")
+    if kind not in allowed or (kind == "b" and wanted != "b"):
+        what = {"U": "strings", "O": "mixed or out-of-range values", "b": "booleans"}.get(
+            kind, kind
+        )
+        raise invalid_argument(
+            f"input '{spec.name}' must hold numbers of type {spec.dtype}, got {what}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(spec.dtype)
+    if wanted == "f" and not np.all(np.isfinite(converted)):
+        raise invalid_argument(f"input '{spec.name}' has a value outside the {spec.dtype} range")
+    if wanted in "iu" and not np.array_equal(converted, array):
+        raise invalid_argument(f"input '{spec.name}' has a value outside the {spec.dtype} range")
+    return converted
+
+
+def _empty(spec: TensorSpec) -> np.ndarray:
+    return np.zeros((0, *[max(d, 0) for d in spec.shape[1:]]), dtype=spec.dtype)
+
+
+def request_inputs(body: Any, signature: Signature) -> tuple[dict[str, np.ndarray], bool]:
+    """Decode a predict body into inputs; returns (inputs, row_format)."""
+    if not isinstance(body, dict):
+        raise invalid_argument("request body must be a JSON object")
+    has_rows, has_columns = "instances" in body, "inputs" in body
+    if has_rows == has_columns:
+        raise invalid_argument("request must have exactly one of 'instances' or 'inputs'")
+    specs = signature.inputs
+    names = list(specs)
+    if has_rows:
+        instances = body["instances"]
+        if not isinstance(instances, list):
+            raise invalid_argument("'instances' must be a list")
+        if not instances:
+            return {n: _empty(specs[n]) for n in names}, True
+        if all(isinstance(i, dict) for i in instances):
+            columns: dict[str, list[Any]] = {n: [] for n in names}
+            for index, instance in enumerate(instances):
+                if set(instance) != set(names):
+                    raise invalid_argument(
+                        f"instance {index} has keys {sorted(instance)}; expected {sorted(names)}"
+                    )
+                for n in names:
+                    columns[n].append(instance[n])
+            return {n: _to_array(columns[n], specs[n]) for n in names}, True
+        if any(isinstance(i, dict) for i in instances):
+            raise invalid_argument("instances mix objects and values")
+        if len(names) != 1:
+            raise invalid_argument(
+                f"the signature has inputs {names}: each instance must be an object"
+            )
+        return {names[0]: _to_array(instances, specs[names[0]])}, True
+    columnar = body["inputs"]
+    if isinstance(columnar, dict):
+        unknown = sorted(set(columnar) - set(names))
+        missing = sorted(set(names) - set(columnar))
+        if unknown or missing:
+            raise invalid_argument(
+                f"'inputs' has keys {sorted(columnar)}; expected {sorted(names)}"
+            )
+        return {n: _to_array(columnar[n], specs[n]) for n in names}, False
+    if len(names) != 1:
+        raise invalid_argument(f"the signature has inputs {names}: 'inputs' must be an object")
+    return {names[0]: _to_array(columnar, specs[names[0]])}, False
+
+
+def response_body(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+    """TF Serving's answer: ``predictions`` (rows) or ``outputs`` (columns)."""
+    if not row_format:
+        if len(outputs) == 1:
+            return {"outputs": next(iter(outputs.values())).tolist()}
+        return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+    if len(outputs) == 1:
+        return {"predictions": next(iter(outputs.values())).tolist()}
+    columns = {k: v.tolist() for k, v in outputs.items()}
+    rows = len(next(iter(columns.values())))
+    return {"predictions": [{k: col[i] for k, col in columns.items()} for i in range(rows)]}
+
+
+def _json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(body).encode(), status=status, content_type=_JSON)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """``{"error": message}`` with ``status``."""
+    return _json_response({"error": message}, status)
+
+
+class RestApi:
+    """Request handlers; ``app()`` builds the aiohttp application."""
+
+    def __init__(
+        self, service: PredictionService, max_request_bytes: int, timeout_s: float
+    ) -> None:
+        self._service = service
+        self._max_bytes = max_request_bytes
+        self._timeout_s = timeout_s
+
+    def app(self) -> web.Application:
+        """The aiohttp application (body size capped at ``max_request_bytes``)."""
+        app = web.Application(client_max_size=self._max_bytes, middlewares=[self._errors])
+        app.router.add_get(METRICS_PATH, self._metrics)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ServingError as exc:
+            return error_response(exc.http_status, exc.message)
+        except TimeoutError:
+            return error_response(504, "request deadline exceeded")
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(
+                413, f"request body larger than --max_request_bytes ({self._max_bytes} bytes)"
+            )
+        except web.HTTPException as exc:
+            return error_response(exc.status, exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours: answer 500 and keep serving
+            log.exception("unexpected error in a REST handler")
+            return error_response(500, "internal error")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if request.method == "POST":
+            match = _PREDICT_PATH.match(path)
+            if match:
+                return await self._predict(request, match)
+        elif request.method == "GET":
+            match = _STATUS_PATH.match(path)
+            if match:
+                return await self._status_or_metadata(match)
+        raise not_found(f"Malformed request: {request.method} {path}")
+
+    @staticmethod
+    def _ref(match: re.Match[str], signature_name: str = "") -> ModelRef:
+        name, version, label = match.group(1), match.group(2), match.group(3)
+        return ModelRef(name, int(version) if version else None, label, signature_name)
+
+    async def _predict(self, request: web.Request, match: re.Match[str]) -> web.Response:
+        verb = match.group(4).lower()
+        declared = request.content_length
+        if declared is not None and declared > self._max_bytes:
+            # Refuse before reading: the body never enters memory.
+            raise web.HTTPRequestEntityTooLarge(max_size=self._max_bytes, actual_size=declared)
+        body = parse_json(await request.read())
+        signature_name = ""
+        if isinstance(body, dict) and "signature_name" in body:
+            if not isinstance(body["signature_name"], str):
+                raise invalid_argument("'signature_name' must be a string")
+            signature_name = body["signature_name"]
+        ref = self._ref(match, signature_name)
+        if verb != "predict":
+            servable = self._service.manager.resolve(ref.name, ref.version, ref.label)
+            signature = self._service.signature(servable, ref.signature_name)
+            raise unimplemented(
+                f":{verb} needs a {verb} signature; model '{ref.name}' signature "
+                f"'{signature.name}' is a Predict signature ({signature.method_name}): use :predict"
+            )
+        with self._service.manager.lease(ref.name, ref.version, ref.label) as servable:
+            signature = self._service.signature(servable, ref.signature_name)
+            inputs, row_format = request_inputs(body, signature)
+        async with asyncio.timeout(self._timeout_s):
+            result = await self._service.predict(ref, inputs, (), "rest")
+        return _json_response(response_body(result.outputs, row_format))
+
+    async def _status_or_metadata(self, match: re.Match[str]) -> web.Response:
+        ref = self._ref(match)
+        manager = self._service.manager
+        if match.group(4):  # /metadata
+            servable = manager.resolve(ref.name, ref.version, ref.label)
+            assert servable.runtime is not None
+            return _json_response(
+                {
+                    "model_spec": {
+                        "name": ref.name,
+                        "signature_name": "",
+                        "version": str(servable.version),
+                    },
+                    "metadata": {
+                        "signature_def": json_format.MessageToDict(
+                            signature_def_map(servable.runtime.signatures),
+                            preserving_proto_field_name=True,
+                        )
+                    },
+                }
+            )
+        version = ref.version
+        if ref.label is not None:
+            version = manager.resolve(ref.name, None, ref.label).version
+        response = get_model_status_pb2.GetModelStatusResponse(
+            model_version_status=version_statuses(self._service, ref.name, version)
+        )
+        return _json_response(
+            json_format.MessageToDict(
+                response,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            )
+        )
+
+
+async def start_rest(
+    api: RestApi, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> web.AppRunner:
+    """Serve the REST API on ``host:port`` (SO_REUSEPORT so workers share it)."""
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=True)
+    await site.start()
+    return runner
+
+
+__all__ = ["RestApi", "error_response", "http_status", "start_rest"]
