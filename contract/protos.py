@@ -21,6 +21,10 @@ import types
 from typing import Any
 
 _PLACEHOLDER_ATTR = "__light_proto_placeholder__"
+# Attributes the import system and introspection probe: answering them must not import TF.
+_NOT_FORWARDED = frozenset(
+    {"__wrapped__", "__loader__", "__cached__", "__builtins__", "__annotations__", "__dir__"}
+)
 
 
 def ensure_light() -> None:
@@ -41,7 +45,7 @@ def ensure_light() -> None:
     def __getattr__(name: str) -> Any:  # noqa: N807 - PEP 562 module hook
         # Code that did ``import tensorflow as tf`` while the placeholder was in place still
         # works: the first attribute it needs brings in the real package.
-        if name.startswith("__") and name != "__version__":
+        if name in _NOT_FORWARDED:
             raise AttributeError(name)
         return getattr(import_real_tensorflow(), name)
 
@@ -73,8 +77,10 @@ from tensorflow_serving.apis import (  # noqa: E402
     inference_pb2,
     model_management_pb2,
     model_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
     status_pb2,
@@ -92,8 +98,10 @@ __all__ = [
     "model_management_pb2",
     "model_pb2",
     "model_server_config_pb2",
+    "model_service_pb2",
     "model_service_pb2_grpc",
     "predict_pb2",
+    "prediction_service_pb2",
     "prediction_service_pb2_grpc",
     "regression_pb2",
     "status_pb2",

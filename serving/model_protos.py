@@ -31,7 +31,7 @@ def signature_def_map(
                 target[key].CopyFrom(
                     meta_graph_pb2.TensorInfo(
                         name=spec.tensor_name or key,
-                        dtype=numpy_to_dtype_enum(spec.dtype),  # type: ignore[arg-type]
+                        dtype=numpy_to_dtype_enum(spec.dtype),
                         tensor_shape=shape_proto(spec.shape),
                     )
                 )

@@ -114,7 +114,7 @@ def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     """Encode ``array`` into ``out`` in the typed fields (float_val, int64_val...), as TF Serving
     answers Predict (TF's ``Tensor::AsProtoField``)."""
     enum_value = numpy_to_dtype_enum(array.dtype)
-    out.dtype = enum_value  # type: ignore[assignment]
+    out.dtype = enum_value
     out.tensor_shape.CopyFrom(
         tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in array.shape]

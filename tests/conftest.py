@@ -49,12 +49,32 @@ def exported_repository(tmp_path_factory, trained_artifacts) -> Path:
     return root
 
 
+def copy_repository(source: Path, target: Path) -> Path:
+    """Copy a repository and point its models.config at the copy."""
+    from export.repository import write_models_config
+
+    shutil.copytree(source, target)
+    write_models_config(target, ["standard", "separable"])
+    return target
+
+
 @pytest.fixture
 def model_repository(tmp_path, exported_repository) -> Path:
     """A private copy of the exported repository that a test may change (add versions...)."""
-    from export.repository import write_models_config
+    return copy_repository(exported_repository, tmp_path / "models")
 
-    target = tmp_path / "models"
-    shutil.copytree(exported_repository, target)
-    write_models_config(target, ["standard", "separable"])
-    return target
+
+@pytest.fixture(scope="module")
+def onnx_server(tmp_path_factory, exported_repository):
+    """A real server (ONNX runtime) on free ports, shared by a test module; read-only use."""
+    from serving.process import ServerProcess
+
+    root = tmp_path_factory.mktemp("onnx-server")
+    repo = copy_repository(exported_repository, root / "models")
+    server = ServerProcess(
+        repo / "models.config",
+        ["--runtime=onnx", "--max_request_bytes=4194304"],
+        log_path=root / "server.log",
+    )
+    with server:
+        yield server

@@ -12,7 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,8 +24,10 @@ from contract.protos import (
     get_model_status_pb2,
     model_management_pb2,
     model_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
     status_pb2,
 )
@@ -194,7 +199,7 @@ class Health:
     """grpc.health.v1 statuses: overall (""), per gRPC service and per model name."""
 
     def __init__(self) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = health_aio.HealthServicer()
         self._serving = False
 
     async def update(self, service: PredictionService, shutting_down: bool = False) -> None:
@@ -218,6 +223,51 @@ class Health:
             )
 
 
+class MalformedMessage:
+    """Stands in for a request whose bytes did not parse (answered INVALID_ARGUMENT)."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.message = f"request is not a valid {type_name}: {error}"
+
+
+def _lenient_parser(message_class: type[Any]) -> Callable[[bytes], Any]:
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return MalformedMessage(type_name, exc)
+
+    return parse
+
+
+def _checked(handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedMessage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await handler(request, context)
+
+    return call
+
+
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register ``servicer``'s methods for ``service`` like the generated ``add_*_to_server``,
+    except that undecodable bytes become INVALID_ARGUMENT instead of gRPC's UNKNOWN."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _checked(getattr(servicer, method.name)),
+            request_deserializer=_lenient_parser(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
 def build_server(
     service: PredictionService,
     health_status: Health,
@@ -235,10 +285,16 @@ def build_server(
     if max_concurrent_streams:
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
     server = grpc.aio.server(options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(service, max_request_bytes, timeout_s), server
+    add_service(
+        server,
+        prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+        PredictionServicer(service, max_request_bytes, timeout_s),
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    add_service(
+        server,
+        model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+        ModelServicer(service),
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_status.servicer, server)
     reflection.enable_server_reflection(
         (PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
