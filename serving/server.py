@@ -123,6 +123,7 @@ class Server:
         self.settings = settings
         self._stop = asyncio.Event()
         self._shutting_down = False
+        self._started = False
         options = runtime_options(settings)
         self._executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
         batch_executor = None
@@ -159,7 +160,8 @@ class Server:
         task.add_done_callback(self._background.discard)
 
     async def _refresh_health(self) -> None:
-        await self.health.update(self.service, self._shutting_down)
+        # NOT_SERVING until the initial configuration is fully loaded, and again once draining.
+        await self.health.update(self.service, self._shutting_down or not self._started)
 
     async def _poll_files(self, every_s: float) -> None:
         while True:
@@ -233,6 +235,7 @@ class Server:
                 await rest_runner.cleanup()
             details = "; ".join(self._load_errors(name) for name in missing)
             raise StartupError(f"no version could be loaded for {', '.join(missing)}: {details}")
+        self._started = True
         await self._refresh_health()
         log.info(
             "serving %s with the %s runtime: gRPC %s, REST %s",

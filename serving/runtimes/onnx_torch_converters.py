@@ -42,7 +42,7 @@ STATIC_SHAPE_SUFFIX = "__static_shape"
 _TORCHVISION_CONVERTERS = ("nms", "roialign")
 
 _register_lock = threading.Lock()
-_registered = False
+_registered = threading.Event()
 
 Dim = int | str | None  # a static size, a symbolic size (dim_param) or unknown
 
@@ -279,9 +279,8 @@ def _import_onnx2torch() -> types.ModuleType:
 
 def register_converters() -> None:
     """Install the constant-shape Reshape converter for every ONNX Reshape version (once)."""
-    global _registered
     with _register_lock:
-        if _registered:
+        if _registered.is_set():
             return
         _import_onnx2torch()
         from onnx2torch.node_converters import registry
@@ -310,7 +309,7 @@ def register_converters() -> None:
             registry.add_converter(operation_type="Reshape", version=version)(
                 _static_reshape_converter(previous)
             )
-        _registered = True
+        _registered.set()
 
 
 def _output_picks(graph: onnx.GraphProto) -> tuple[list[tuple[int, int | None]], bool]:

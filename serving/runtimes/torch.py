@@ -84,14 +84,14 @@ class _CudaGraph:
 
     def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         with self.lock:
-            for host, array in zip(self.host_input_arrays, arrays, strict=True):
-                np.copyto(host, array, casting="no")
+            for staging, array in zip(self.host_input_arrays, arrays, strict=True):
+                np.copyto(staging, array, casting="no")
             with torch.cuda.stream(self.stream):
-                for device, host in zip(self.static_inputs, self.host_inputs, strict=True):
-                    device.copy_(host, non_blocking=True)
+                for static, pinned in zip(self.static_inputs, self.host_inputs, strict=True):
+                    static.copy_(pinned, non_blocking=True)
                 self.graph.replay()
-                for host, device in zip(self.host_outputs, self.static_outputs, strict=True):
-                    host.copy_(device, non_blocking=True)
+                for pinned, static in zip(self.host_outputs, self.static_outputs, strict=True):
+                    pinned.copy_(static, non_blocking=True)
             self.stream.synchronize()
             # Copies: the pinned buffers are overwritten by the next request.
             return [a.copy() for a in self.host_output_arrays]
@@ -195,7 +195,7 @@ class TorchRuntime(Runtime):
         try:
             model = onnx.load(str(path))
             self._converted: ConvertedModel = convert_model(model)
-        except Exception as exc:  # noqa: BLE001 - onnx and onnx2torch raise many unrelated types
+        except Exception as exc:  # onnx and onnx2torch raise many unrelated types
             raise RuntimeLoadError(f"cannot convert {path} to PyTorch: {exc}") from exc
         inputs = {v.name: tensor_spec(v) for v in model.graph.input}
         inputs = {name: inputs[name] for name in self._converted.input_names}
