@@ -1,0 +1,235 @@
+"""Both runtimes give the same answers; --workers; the TLS flags; the terminal client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.client import ServingClient
+from serving.process import ServerProcess, free_port
+from serving.runtimes import RuntimeOptions, load_runtime
+
+
+def _images(mnist, count: int) -> np.ndarray:
+    return (mnist.x_test[:count].astype(np.float32) / 255.0)[..., None]
+
+
+@pytest.mark.parametrize("model", ["standard", "separable"])
+def test_tensorflow_and_onnx_runtimes_agree_in_process(exported_repository, mnist, model):
+    images = _images(mnist, 1000)
+    version_dir = exported_repository / model / "1"
+    tf_out = load_runtime("tensorflow", version_dir, RuntimeOptions()).predict(
+        "serving_default", {"images": images}
+    )
+    onnx_out = load_runtime("onnx", version_dir, RuntimeOptions()).predict(
+        "serving_default", {"images": images}
+    )
+    np.testing.assert_allclose(tf_out["probabilities"], onnx_out["probabilities"], atol=1e-5)
+    np.testing.assert_array_equal(tf_out["classes"], onnx_out["classes"])
+
+
+def test_tensorflow_runtime_server_matches_onnx_server(model_repository, onnx_server, mnist):
+    images = _images(mnist, 64)
+    with ServerProcess(model_repository / "models.config", ["--runtime=tensorflow"]) as tf_server:
+        with ServingClient(tf_server.grpc_target) as client:
+            tf_result = client.predict("separable", images)
+            metadata_ok = client.status("separable")[0]["state"] == "AVAILABLE"
+    with ServingClient(onnx_server.grpc_target) as client:
+        onnx_result = client.predict("separable", images)
+    assert metadata_ok
+    np.testing.assert_allclose(tf_result.probabilities, onnx_result.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(tf_result.classes, onnx_result.classes)
+
+
+def test_workers_share_ports_and_aggregate_metrics(model_repository, mnist):
+    images = _images(mnist, 2)
+    server = ServerProcess(model_repository / "models.config", ["--workers=2"])
+    with server:
+        clients = [ServingClient(server.grpc_target) for _ in range(6)]
+        for client in clients:
+            for _ in range(5):
+                assert client.predict("standard", images).classes.shape == (2,)
+        with ServingClient(f"127.0.0.1:{server.rest_port}", "rest") as rest:
+            assert rest.predict("standard", images).classes.shape == (2,)
+        with urllib.request.urlopen(f"{server.rest_url}/monitoring/prometheus/metrics") as reply:
+            text = reply.read().decode()
+        for client in clients:
+            client.close()
+        line = next(
+            l
+            for l in text.splitlines()
+            if l.startswith('serving_requests_total{api="grpc",code="OK",model="standard"')
+        )
+        assert float(line.rsplit(" ", 1)[1]) == 30.0  # summed over both worker processes
+    assert server.process is not None and server.process.returncode == 0
+
+
+def _make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        )
+    return {
+        n: directory / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+    }
+
+
+def test_tls_grpc_and_rest_with_mutual_tls(model_repository, tmp_path, mnist):
+    import grpc
+    import ssl
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from serving.client import predict_request
+    from contract.protos import prediction_service_pb2_grpc
+
+    certs = _make_certificates(tmp_path)
+    ssl_config = tmp_path / "ssl.config"
+
+    def pem(name: str) -> str:  # text-proto string literal of a PEM file
+        return certs[name].read_text().replace("\n", "\\n")
+
+    ssl_config.write_text(
+        f'server_key: "{pem("server.key")}"\n'
+        f'server_cert: "{pem("server.crt")}"\n'
+        f'custom_ca: "{pem("ca.crt")}"\n'
+        "client_verify: true\n"
+    )
+    grpc_port, rest_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--host=127.0.0.1",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            f"--model_config_file={model_repository / 'models.config'}",
+            f"--ssl_config_file={ssl_config}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=certs["ca.crt"].read_bytes(),
+            private_key=certs["client.key"].read_bytes(),
+            certificate_chain=certs["client.crt"].read_bytes(),
+        )
+        with grpc.secure_channel(f"127.0.0.1:{grpc_port}", credentials) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            health = health_pb2_grpc.HealthStub(channel)
+            import time
+
+            deadline = time.monotonic() + 60
+            while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            reply = stub.Predict(predict_request("standard", _images(mnist, 1)), timeout=10)
+            assert len(reply.outputs["classes"].int64_val) == 1
+        # Without a client certificate the handshake is refused.
+        anonymous = grpc.ssl_channel_credentials(root_certificates=certs["ca.crt"].read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{grpc_port}", anonymous) as channel:
+            with pytest.raises(grpc.RpcError):
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                    predict_request("standard", _images(mnist, 1)), timeout=5
+                )
+        context = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+        context.load_cert_chain(certs["client.crt"], certs["client.key"])
+        url = f"https://127.0.0.1:{rest_port}/v1/models/standard"
+        with urllib.request.urlopen(url, context=context, timeout=10) as reply:
+            assert b"AVAILABLE" in reply.read()
+        no_cert = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(url, context=no_cert, timeout=10).read()
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+
+def test_client_cli(onnx_server, mnist, tmp_path):
+    from PIL import Image
+
+    # A dark digit on a light background, larger than 28x28: the client inverts and fits it.
+    digit = 255 - np.kron(mnist.x_test[0], np.ones((3, 2), dtype=np.uint8))
+    Image.fromarray(digit).save(tmp_path / "seven.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "serving.client", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = cli("--target", onnx_server.grpc_target, "--mnist", "0", "1", "--model", "standard")
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("mnist[0]: ") and " ms " in lines[0]
+    rest = cli(
+        "--target",
+        f"127.0.0.1:{onnx_server.rest_port}",
+        "--protocol",
+        "rest",
+        str(tmp_path / "seven.png"),
+    )
+    assert rest.returncode == 0, rest.stderr
+    assert "seven.png: " in rest.stdout
+    bad = cli("--target", onnx_server.grpc_target, str(tmp_path / "notes.txt"))
+    assert bad.returncode == 1 and "not an image" in bad.stderr
+    down = cli("--target", f"127.0.0.1:{free_port()}", "--timeout", "2", "--mnist", "0")
+    assert down.returncode == 1 and "cannot reach the server" in down.stderr
