@@ -24,7 +24,7 @@ def mnist():
 
 @pytest.fixture(scope="session")
 def trained_artifacts(tmp_path_factory, mnist) -> Path:
-    """Both variants trained for one epoch on a few thousand images (``python -m training`` layout)."""
+    """Both variants trained one epoch on a few thousand images (``python -m training`` layout)."""
     from training.architectures import VARIANTS
     from training.train import TrainConfig, summarize, train_variant
 

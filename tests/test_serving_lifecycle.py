@@ -29,7 +29,16 @@ def write_config(repo: Path, entries: str) -> Path:
 
 
 def model_entry(repo: Path, name: str, extra: str = "") -> str:
-    return f'config {{ name: "{name}" base_path: "{repo / name}" model_platform: "tensorflow" {extra} }}'
+    return (
+        f'config {{ name: "{name}" base_path: "{repo / name}" '
+        f'model_platform: "tensorflow" {extra} }}'
+    )
+
+
+def both_models(repo: Path) -> str:
+    return (
+        f"model_config_list {{ {model_entry(repo, 'standard')} {model_entry(repo, 'separable')} }}"
+    )
 
 
 def add_version(repo: Path, name: str, version: int, source: int = 1) -> Path:
@@ -184,9 +193,7 @@ def test_reload_config_under_load_never_fails_staying_models(model_repository):
         ):
             with pytest.raises(ClientError):
                 client.predict("separable", IMAGES)
-            reload(
-                f"model_config_list {{ {model_entry(repo, 'standard')} {model_entry(repo, 'separable')} }}"
-            )
+            reload(both_models(repo))
             assert client.predict("separable", IMAGES).version == 1  # added and loaded
             reload(f"model_config_list {{ {model_entry(repo, 'standard')} }}")
             with pytest.raises(ClientError) as error:
@@ -212,9 +219,7 @@ def test_model_config_file_polling(model_repository):
         ServerProcess(config, ["--model_config_file_poll_wait_seconds=0.2"]) as server,
         ServingClient(server.grpc_target) as client,
     ):
-        config.write_text(
-            f"model_config_list {{ {model_entry(repo, 'standard')} {model_entry(repo, 'separable')} }}"
-        )
+        config.write_text(both_models(repo))
         wait_for(lambda: _available(client, "separable"))
         assert client.predict("separable", IMAGES).version == 1
 

@@ -35,10 +35,13 @@ def test_tensorflow_and_onnx_runtimes_agree_in_process(exported_repository, mnis
 
 def test_tensorflow_runtime_server_matches_onnx_server(model_repository, onnx_server, mnist):
     images = _images(mnist, 64)
-    with ServerProcess(model_repository / "models.config", ["--runtime=tensorflow"]) as tf_server:
-        with ServingClient(tf_server.grpc_target) as client:
-            tf_result = client.predict("separable", images)
-            metadata_ok = client.status("separable")[0]["state"] == "AVAILABLE"
+    config = model_repository / "models.config"
+    with (
+        ServerProcess(config, ["--runtime=tensorflow"]) as tf_server,
+        ServingClient(tf_server.grpc_target) as client,
+    ):
+        tf_result = client.predict("separable", images)
+        metadata_ok = client.status("separable")[0]["state"] == "AVAILABLE"
     with ServingClient(onnx_server.grpc_target) as client:
         onnx_result = client.predict("separable", images)
     assert metadata_ok
@@ -61,9 +64,9 @@ def test_workers_share_ports_and_aggregate_metrics(model_repository, mnist):
         for client in clients:
             client.close()
         line = next(
-            l
-            for l in text.splitlines()
-            if l.startswith('serving_requests_total{api="grpc",code="OK",model="standard"')
+            row
+            for row in text.splitlines()
+            if row.startswith('serving_requests_total{api="grpc",code="OK",model="standard"')
         )
         assert float(line.rsplit(" ", 1)[1]) == 30.0  # summed over both worker processes
     assert server.process is not None and server.process.returncode == 0
@@ -127,13 +130,13 @@ def _make_certificates(directory: Path) -> dict[str, Path]:
 
 
 def test_tls_grpc_and_rest_with_mutual_tls(model_repository, tmp_path, mnist):
-    import grpc
     import ssl
 
+    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from serving.client import predict_request
     from contract.protos import prediction_service_pb2_grpc
+    from serving.client import predict_request
 
     certs = _make_certificates(tmp_path)
     ssl_config = tmp_path / "ssl.config"
@@ -182,11 +185,13 @@ def test_tls_grpc_and_rest_with_mutual_tls(model_repository, tmp_path, mnist):
             assert len(reply.outputs["classes"].int64_val) == 1
         # Without a client certificate the handshake is refused.
         anonymous = grpc.ssl_channel_credentials(root_certificates=certs["ca.crt"].read_bytes())
-        with grpc.secure_channel(f"127.0.0.1:{grpc_port}", anonymous) as channel:
-            with pytest.raises(grpc.RpcError):
-                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-                    predict_request("standard", _images(mnist, 1)), timeout=5
-                )
+        with (
+            grpc.secure_channel(f"127.0.0.1:{grpc_port}", anonymous) as channel,
+            pytest.raises(grpc.RpcError),
+        ):
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                predict_request("standard", _images(mnist, 1)), timeout=5
+            )
         context = ssl.create_default_context(cafile=str(certs["ca.crt"]))
         context.load_cert_chain(certs["client.crt"], certs["client.key"])
         url = f"https://127.0.0.1:{rest_port}/v1/models/standard"
