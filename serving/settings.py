@@ -114,13 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default="0.0.0.0", help="address to listen on (ours)")
     add(
         "--model_name",
-        default=os.environ.get("MODEL_NAME", "default"),
-        help="model name with --model_base_path (env MODEL_NAME)",
+        default=None,
+        help="model name with --model_base_path (default: env MODEL_NAME, else 'default')",
     )
     add(
         "--model_base_path",
-        default=os.environ.get("MODEL_BASE_PATH") or None,
-        help="serve one model from this directory of versions (env MODEL_BASE_PATH)",
+        default=None,
+        help="serve one model from this directory of versions. Without it and without "
+        "--model_config_file, TF Serving's image convention applies: ${MODEL_BASE_PATH}/"
+        "${MODEL_NAME}, or ${MODEL_BASE_PATH}/models.config when MODEL_NAME is unset",
     )
     add("--model_config_file", default=None, help="ModelServerConfig text proto (models.config)")
     add(
@@ -261,16 +263,40 @@ def _first_error(exc: ValidationError) -> str:
     return f"{location}: {error['msg']}" if location else str(error["msg"])
 
 
+def _models_source(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """``(model_name, model_base_path, model_config_file)``: flags first, then TF Serving's
+    image convention (``MODEL_BASE_PATH`` is the parent of the model directories)."""
+    env_name = os.environ.get("MODEL_NAME") or None
+    name = args.model_name or env_name or "default"
+    if args.model_config_file:
+        return name, None, args.model_config_file
+    if args.model_base_path:
+        return name, args.model_base_path, None
+    root = os.environ.get("MODEL_BASE_PATH")
+    if not root:
+        return name, None, None  # the model validator names the missing flags
+    if args.model_name or env_name:
+        return name, str(Path(root) / name), None
+    config = Path(root) / "models.config"
+    if config.is_file():
+        return name, None, str(config)
+    raise SettingsError(
+        f"MODEL_BASE_PATH={root}: set MODEL_NAME to serve {root}/<MODEL_NAME>, "
+        f"or put a models.config in {root}, or give --model_config_file"
+    )
+
+
 def parse_settings(argv: list[str] | None = None) -> Settings:
     """Parse flags into ``Settings``; raises ``SettingsError`` with one clear line."""
     args = build_parser().parse_args(argv)
+    model_name, model_base_path, model_config_file = _models_source(args)
     values = {
         "host": args.host,
         "port": args.port,
         "rest_api_port": args.rest_api_port,
-        "model_name": args.model_name,
-        "model_base_path": args.model_base_path if not args.model_config_file else None,
-        "model_config_file": args.model_config_file,
+        "model_name": model_name,
+        "model_base_path": model_base_path,
+        "model_config_file": model_config_file,
         "model_config_file_poll_wait_seconds": args.model_config_file_poll_wait_seconds,
         "file_system_poll_wait_seconds": args.file_system_poll_wait_seconds,
         "enable_batching": args.enable_batching,
