@@ -7,6 +7,7 @@ exposition aggregates every worker's files (prometheus-client's multiprocess mod
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -74,6 +75,26 @@ MODEL_VERSIONS = Gauge(
     ["model", "version", "state"],
     multiprocess_mode="max",
 )
+
+
+_REQUEST_SERIES: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+
+def observe_request(model: str, version: str, api: str, code: str, seconds: float) -> None:
+    """Count a request and, when it succeeded, its latency.
+
+    The labelled series are cached: prometheus-client's ``labels()`` lookup costs more than the
+    increment itself on this hot path. Callers pass only configured model names, so the number
+    of series stays bounded whatever names clients send.
+    """
+    key = (model, version, api, code)
+    series = _REQUEST_SERIES.get(key)
+    if series is None:
+        series = (REQUESTS.labels(*key), REQUEST_LATENCY.labels(model, version, api))
+        _REQUEST_SERIES[key] = series
+    series[0].inc()
+    if code == "OK":
+        series[1].observe(seconds)
 
 
 def exposition() -> tuple[bytes, str]:

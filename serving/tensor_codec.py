@@ -32,7 +32,9 @@ _DTYPES: dict[int, tuple[np.dtype, str]] = {
 _DTYPE_ENUM: dict[np.dtype, int] = {dtype: enum for enum, (dtype, _) in _DTYPES.items()}
 _DTYPE_ENUM[np.dtype(np.int32)] = types_pb2.DT_INT32
 _DTYPE_ENUM[np.dtype(np.uint8)] = types_pb2.DT_UINT8
-_TYPED_FIELDS = sorted({field for _, field in _DTYPES.values()} | {"string_val", "scomplex_val"})
+_TYPED_FIELD_SET = frozenset(
+    name for name in tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name if name.endswith("_val")
+)
 
 
 def dtype_name(enum_value: int) -> str:
@@ -78,7 +80,8 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
     dims = shape_of(proto, name, max_bytes)
     elements = math.prod(dims)
     content = proto.tensor_content
-    typed_fields = [f for f in _TYPED_FIELDS if len(getattr(proto, f))]
+    # ListFields (one C call) names the populated fields; the value fields are the typed ones.
+    typed_fields = [f.name for f, _ in proto.ListFields() if f.name in _TYPED_FIELD_SET]
     if content:
         if typed_fields:
             raise invalid_argument(
@@ -115,11 +118,9 @@ def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     answers Predict (TF's ``Tensor::AsProtoField``)."""
     enum_value = numpy_to_dtype_enum(array.dtype)
     out.dtype = enum_value
-    out.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in array.shape]
-        )
-    )
+    dims = out.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=size)
     typed_field = _DTYPES[enum_value][1]
     getattr(out, typed_field).extend(array.ravel().tolist())
 

@@ -229,6 +229,10 @@ class ModelManager:
         """Configured model names."""
         return list(self._models)
 
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is a configured model."""
+        return name in self._models
+
     def model(self, name: str) -> ServedModel:
         """The configured model ``name`` (NOT_FOUND otherwise)."""
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -87,30 +87,40 @@ class PredictionService:
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str] = (),
         api: str = "grpc",
+        timeout_s: float | None = None,
     ) -> PredictResult:
-        """Run one Predict request; raises ``ServingError`` with the precise status."""
+        """Run one Predict request; raises ``ServingError`` with the precise status.
+
+        ``timeout_s`` bounds the time spent waiting (batching queue, inference thread).
+        """
         started = time.perf_counter()
         version_label = "unknown"
         code = "OK"
+        servable = None
         try:
-            with self.manager.lease(ref.name, ref.version, ref.label) as servable:
-                version_label = str(servable.version)
-                signature = self.signature(servable, ref.signature_name)
-                rows = validate_inputs(signature, inputs)
-                output_names = validate_output_filter(signature, output_filter)
-                outputs = await self._run(servable, signature, inputs, rows)
-                if output_names:
-                    outputs = {k: outputs[k] for k in output_names}
-                return PredictResult(ref.name, servable.version, signature.name, outputs)
+            servable = self.manager.resolve(ref.name, ref.version, ref.label)
+            servable.acquire()
+            version_label = str(servable.version)
+            signature = self.signature(servable, ref.signature_name)
+            rows = validate_inputs(signature, inputs)
+            output_names = validate_output_filter(signature, output_filter)
+            outputs = await self._run(servable, signature, inputs, rows, timeout_s)
+            if output_names:
+                outputs = {k: outputs[k] for k in output_names}
+            return PredictResult(ref.name, servable.version, signature.name, outputs)
         except ServingError as exc:
             code = exc.code.name
             raise
+        except TimeoutError:
+            code = "DEADLINE_EXCEEDED"
+            raise
         finally:
-            metrics.REQUESTS.labels(ref.name, version_label, api, code).inc()
-            if code == "OK":
-                metrics.REQUEST_LATENCY.labels(ref.name, version_label, api).observe(
-                    time.perf_counter() - started
-                )
+            if servable is not None:
+                servable.release()
+            model_label = ref.name if self.manager.serves(ref.name) else "_unknown_"
+            metrics.observe_request(
+                model_label, version_label, api, code, time.perf_counter() - started
+            )
 
     async def _run(
         self,
@@ -118,6 +128,7 @@ class PredictionService:
         signature: Signature,
         inputs: Mapping[str, np.ndarray],
         rows: int,
+        timeout_s: float | None,
     ) -> dict[str, np.ndarray]:
         if rows == 0:
             return empty_outputs(signature)
@@ -139,18 +150,29 @@ class PredictionService:
                         version=servable.version,
                     )
                     servable.batchers[signature.name] = batcher
-                outputs = await batcher.submit(inputs, rows)
+                outputs = await _bounded(batcher.submit(inputs, rows), timeout_s)
             elif rows <= self._inline_max_rows:
-                outputs = run(inputs)
+                outputs = run(inputs)  # never suspends, so no deadline to enforce
             else:
                 loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self._executor, run, inputs)
+                outputs = await _bounded(
+                    loop.run_in_executor(self._executor, run, inputs), timeout_s
+                )
         except ServingError:
             raise
         except Exception as exc:
             raise internal(f"the {runtime.kind} runtime failed: {exc}") from exc
         check_outputs(signature, outputs, rows)
         return outputs
+
+
+async def _bounded(
+    awaitable: Awaitable[dict[str, np.ndarray]], timeout_s: float | None
+) -> dict[str, np.ndarray]:
+    if timeout_s is None:
+        return await awaitable
+    async with asyncio.timeout(timeout_s):
+        return await awaitable
 
 
 def _batch_dim(name: str, array: np.ndarray) -> int:

@@ -98,15 +98,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         }
         remaining = context.time_remaining()
         timeout = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
-        async with asyncio.timeout(timeout):
-            result = await self._service.predict(ref, inputs, list(request.output_filter), "grpc")
+        result = await self._service.predict(
+            ref, inputs, request.output_filter, "grpc", timeout_s=timeout
+        )
         response = predict_pb2.PredictResponse()
         spec = response.model_spec
         spec.name = result.model
         spec.version.value = result.version
         spec.signature_name = result.signature_name
+        outputs = response.outputs
         for name, array in result.outputs.items():
-            from_numpy(array, response.outputs[name])
+            from_numpy(array, outputs[name])
         return response
 
     async def GetModelMetadata(  # noqa: N802

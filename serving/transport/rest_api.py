@@ -233,8 +233,7 @@ class RestApi:
         with self._service.manager.lease(ref.name, ref.version, ref.label) as servable:
             signature = self._service.signature(servable, ref.signature_name)
             inputs, row_format = request_inputs(body, signature)
-        async with asyncio.timeout(self._timeout_s):
-            result = await self._service.predict(ref, inputs, (), "rest")
+        result = await self._service.predict(ref, inputs, (), "rest", timeout_s=self._timeout_s)
         return _json_response(response_body(result.outputs, row_format))
 
     async def _status_or_metadata(self, match: re.Match[str]) -> web.Response:

@@ -1,0 +1,290 @@
+"""Serving performance on this machine: the figures issue #3 asks for, printed as a table.
+
+    python -m benchmarks.serving --models-dir models [--duration 10] [--only grpc_c1,...]
+
+Every figure comes from a real server (``python -m serving``) on loopback and a load generator
+in separate processes (grpc.aio / aiohttp clients, a fixed number of requests in flight). Ratios
+(served vs in-process, batching on vs off, 2 workers vs 1) are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.process import ServerProcess
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def _grpc_load(
+    target: str, model: str, batch: int, concurrency: int, duration: float
+) -> dict[str, Any]:
+    import grpc
+
+    from serving.client import predict_request
+
+    images = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    payload = predict_request(model, images).SerializeToString()
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        await call(payload)  # connect + warm
+        stop_at = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                try:
+                    await call(payload)
+                    latencies.append(time.perf_counter() - start)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+async def _rest_load(
+    url: str, model: str, batch: int, concurrency: int, duration: float
+) -> dict[str, Any]:
+    import aiohttp
+
+    images = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    body = json.dumps({"instances": images.tolist()}).encode()
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        endpoint = f"{url}/v1/models/{model}:predict"
+        async with session.post(endpoint, data=body) as reply:
+            await reply.read()
+        stop_at = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                async with session.post(endpoint, data=body) as reply:
+                    await reply.read()
+                    if reply.status == 200:
+                        latencies.append(time.perf_counter() - start)
+                    else:
+                        errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def _client_process(
+    kind: str, target: str, model: str, batch: int, concurrency: int, duration: float, queue: Any
+) -> None:
+    load = _grpc_load if kind == "grpc" else _rest_load
+    queue.put(asyncio.run(load(target, model, batch, concurrency, duration)))
+
+
+def drive(
+    kind: str,
+    target: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    duration: float,
+    processes: int = 1,
+) -> dict[str, float]:
+    """Run the load from ``processes`` client processes; merge their latencies."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    per_process = max(1, concurrency // processes)
+    workers = [
+        ctx.Process(
+            target=_client_process, args=(kind, target, model, batch, per_process, duration, queue)
+        )
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=duration + 120) for _ in workers]
+    for w in workers:
+        w.join()
+    latencies = [x for r in results for x in r["latencies"]]
+    elapsed = max(r["elapsed"] for r in results)
+    requests_per_s = len(latencies) / elapsed
+    return {
+        "requests": len(latencies),
+        "errors": sum(r["errors"] for r in results),
+        "rps": requests_per_s,
+        "images_per_s": requests_per_s * batch,
+        "p50_ms": _percentile(latencies, 0.5) * 1e3,
+        "p99_ms": _percentile(latencies, 0.99) * 1e3,
+    }
+
+
+def in_process_images_per_s(
+    runtime: str, version_dir: Path, batch: int, duration: float, threads: int
+) -> float:
+    """The same runtime without server or network: the floor for serving overhead."""
+    from serving.runtimes import RuntimeOptions, load_runtime
+
+    model = load_runtime(runtime, version_dir, RuntimeOptions(intra_op_threads=threads))
+    images = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    for _ in range(5):
+        model.predict("serving_default", {"images": images})
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < duration:
+        model.predict("serving_default", {"images": images})
+        count += 1
+    return count * batch / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected measurements and print the table (and JSON with --json)."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    p.add_argument("--model", default="separable")
+    p.add_argument("--only", default="", help="comma-separated subset of the measurement names")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    config = (args.models_dir / "models.config").resolve()
+    if not config.is_file():
+        print(f"error: {config} not found (run python -m export)", file=sys.stderr)
+        return 2
+    wanted = set(filter(None, args.only.split(",")))
+    rows: list[tuple[str, str, str]] = []
+    figures: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    }
+    d, model = args.duration, args.model
+
+    def want(name: str) -> bool:
+        return not wanted or name in wanted
+
+    def add(name: str, value: str, target: str) -> None:
+        rows.append((name, value, target))
+        print(f"{name:<48} {value:<28} {target}", flush=True)
+
+    threads = os.cpu_count() or 1
+    if want("startup_onnx") or want("startup_tensorflow"):
+        for runtime, limit in (("onnx", 3), ("tensorflow", 10)):
+            if want(f"startup_{runtime}"):
+                times = []
+                for _ in range(3):
+                    with ServerProcess(config, [f"--runtime={runtime}"]) as server:
+                        times.append(server.startup_seconds)
+                figures[f"startup_{runtime}_s"] = statistics.median(times)
+                add(
+                    f"start-up to healthy, {runtime} (median of 3)",
+                    f"{statistics.median(times):.2f} s",
+                    f"<= {limit} s",
+                )
+
+    if any(want(n) for n in ("grpc_c1", "grpc_c8", "rest_c1", "served_vs_inprocess_256")):
+        with ServerProcess(config, ["--runtime=onnx"]) as server:
+            if want("grpc_c1"):
+                r = drive("grpc", server.grpc_target, model, 1, 1, d)
+                figures["grpc_c1"] = r
+                add(
+                    "gRPC p50, 1 image, concurrency 1",
+                    f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
+                    "<= 0.7 ms",
+                )
+            if want("grpc_c8"):
+                r = drive("grpc", server.grpc_target, model, 1, 8, d)
+                figures["grpc_c8"] = r
+                add(
+                    "gRPC throughput, 1 image, concurrency 8",
+                    f"{r['rps']:.0f} req/s (p50 {r['p50_ms']:.2f} ms)",
+                    ">= 2000 req/s",
+                )
+            if want("rest_c1"):
+                r = drive("rest", server.rest_url, model, 1, 1, d)
+                figures["rest_c1"] = r
+                add(
+                    "REST p50, 1 image, concurrency 1",
+                    f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
+                    "<= 1.5 ms",
+                )
+            if want("served_vs_inprocess_256"):
+                served = drive("grpc", server.grpc_target, model, 256, 2, d)
+                version_dir = sorted(
+                    (args.models_dir / model).glob("[0-9]*"), key=lambda p: int(p.name)
+                )[-1]
+                local = in_process_images_per_s("onnx", version_dir, 256, d, 0)
+                ratio = served["images_per_s"] / local
+                figures["served_vs_inprocess_256"] = {
+                    "served": served,
+                    "in_process_images_per_s": local,
+                    "ratio": ratio,
+                }
+                add(
+                    "256-image requests: served / in-process",
+                    f"{ratio:.3f} ({served['images_per_s']:.0f} vs {local:.0f} img/s)",
+                    ">= 0.95",
+                )
+
+    if want("tf_batching"):
+        batching_file = Path(tempfile.mkdtemp()) / "batching.config"
+        batching_file.write_text(
+            "max_batch_size { value: 32 } batch_timeout_micros { value: 1000 } "
+            f"num_batch_threads {{ value: {threads} }} max_enqueued_batches {{ value: 1000 }}"
+        )
+        results = {}
+        for label, flags in (
+            ("off", []),
+            ("on", ["--enable_batching", f"--batching_parameters_file={batching_file}"]),
+        ):
+            with ServerProcess(config, ["--runtime=tensorflow", *flags]) as server:
+                results[label] = drive("grpc", server.grpc_target, model, 1, 32, d, processes=2)
+        ratio = results["on"]["rps"] / results["off"]["rps"]
+        figures["tf_batching"] = {**results, "ratio": ratio}
+        add(
+            "TF runtime, concurrency 32: batching on / off",
+            f"{ratio:.2f}x ({results['on']['rps']:.0f} vs {results['off']['rps']:.0f} req/s)",
+            ">= 2x",
+        )
+
+    if want("workers"):
+        results = {}
+        for count in (1, 2):
+            with ServerProcess(config, ["--runtime=onnx", f"--workers={count}"]) as server:
+                results[count] = drive("grpc", server.grpc_target, model, 32, 16, d, processes=2)
+        ratio = results[2]["images_per_s"] / results[1]["images_per_s"]
+        figures["workers"] = {"1": results[1], "2": results[2], "ratio": ratio}
+        add(
+            "--workers 2 / 1, 32-image requests, concurrency 16",
+            f"{ratio:.2f}x ({results[2]['images_per_s']:.0f} vs {results[1]['images_per_s']:.0f} img/s)",
+            ">= 1.4x on idle cores",
+        )
+
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
