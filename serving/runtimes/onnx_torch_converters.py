@@ -5,7 +5,7 @@ Keras ``Flatten`` in our graphs computes that shape at run time (Shape → Gathe
 Concat → Cast → Reshape). Both are data-dependent: CUDA-graph capture fails ("operation not
 permitted when stream is capturing") and ``torch.compile`` cannot trace ``torch.Size(tensor)``.
 
-Two general steps fix this for any ONNX graph, without knowing the network:
+General steps fix this for any ONNX graph, without knowing the network:
 
 1. :func:`freeze_reshape_targets` rewrites the ONNX graph: every Reshape whose target shape ONNX
    shape inference (with data propagation) can pin down — up to dimensions copied from the input,
@@ -14,6 +14,8 @@ Two general steps fix this for any ONNX graph, without knowing the network:
 2. :func:`register_converters` installs a converter for Reshape with a constant shape that builds
    :class:`StaticReshape`, whose target is a tuple of Python ints; Reshapes with a computed shape
    still go to onnx2torch's own converter.
+3. :func:`drop_identity_reshapes` removes Reshapes that keep their input's shape, so that a
+   channels-last layout flows through the convolutions (``serving.runtimes.torch`` uses it).
 
 onnx2torch imports torchvision for its NonMaxSuppression and RoiAlign converters only. Where
 torchvision is missing or broken (PyPI's CUDA torchvision beside a CPU-only torch), those two
@@ -81,6 +83,7 @@ class ConvertedModel:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     frozen_reshapes: int  # Reshapes whose computed target was turned into a constant
+    dropped_reshapes: int  # Reshapes that changed nothing, removed
 
 
 class OrderedOutputs(nn.Module):
@@ -235,6 +238,75 @@ def freeze_reshape_targets(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     return model, frozen
 
 
+def is_identity_reshape(input_dims: Sequence[Dim], target: Sequence[int], allowzero: bool) -> bool:
+    """Whether Reshape to ``target`` leaves a tensor of ``input_dims`` as it is.
+
+    Every position must keep its size (equal number, or ``0`` = copy); one ``-1`` may remain,
+    which then has to be the input's size there, the element count being unchanged.
+    """
+    if len(input_dims) != len(target):
+        return False
+    inferred = 0
+    for d, t in zip(input_dims, target, strict=True):
+        if (t == 0 and not allowzero) or (isinstance(d, int) and t == d):
+            continue
+        if t == -1:
+            inferred += 1
+            continue
+        return False
+    return inferred <= 1
+
+
+def drop_identity_reshapes(model: onnx.ModelProto) -> int:
+    """Remove Reshapes (in place) that keep their input's shape; return how many.
+
+    Converters emit them around layout changes of one-channel tensors (NHWC ↔ NCHW). In PyTorch
+    such a reshape is a view that forgets a channels-last layout, so the next convolution and
+    every layer after it run in the slower NCHW layout: dropping it keeps the layout flowing.
+    """
+    graph = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        return 0  # subgraphs may read the names we would rewire: leave such graphs alone
+    inferred = shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {
+        v.name: dims
+        for v in [*inferred.graph.value_info, *inferred.graph.input]
+        if (dims := _dims(v)) is not None
+    }
+    constants = _constant_values(graph)
+    outputs = {o.name for o in graph.output}
+    renamed: dict[str, str] = {}
+    kept: list[onnx.NodeProto] = []
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+        if (
+            node.op_type == "Reshape"
+            and node.domain in ("", "ai.onnx")
+            and len(node.input) == 2
+            and node.input[1] in constants
+            and node.output[0] not in outputs
+            and (dims := shapes.get(node.input[0])) is not None
+        ):
+            allowzero = any(a.name == "allowzero" and a.i == 1 for a in node.attribute)
+            target = [int(v) for v in constants[node.input[1]].reshape(-1)]
+            if is_identity_reshape(dims, target, allowzero):
+                renamed[node.output[0]] = node.input[0]
+                continue
+        kept.append(node)
+    dropped = len(graph.node) - len(kept)
+    if dropped:
+        del graph.node[:]
+        graph.node.extend(kept)
+        remove_dead_nodes(graph)
+    return dropped
+
+
 def _static_reshape_converter(fallback: Callable[..., Any] | None) -> Callable[..., Any]:
     from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
 
@@ -334,6 +406,7 @@ def convert_model(model: onnx.ModelProto) -> ConvertedModel:
     register_converters()
     onnx2torch = _import_onnx2torch()
     frozen_model, frozen = freeze_reshape_targets(model)
+    dropped = drop_identity_reshapes(frozen_model)
     graph_module = onnx2torch.convert(frozen_model)
     initializers = {init.name for init in frozen_model.graph.initializer}
     input_names = tuple(v.name for v in frozen_model.graph.input if v.name not in initializers)
@@ -345,6 +418,7 @@ def convert_model(model: onnx.ModelProto) -> ConvertedModel:
         input_names=input_names,
         output_names=tuple(v.name for v in frozen_model.graph.output),
         frozen_reshapes=frozen,
+        dropped_reshapes=dropped,
     )
 
 

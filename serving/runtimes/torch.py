@@ -101,7 +101,8 @@ class TorchExecutor:
     """Runs a module that maps tensors to a tuple of tensors on numpy arrays, on one device.
 
     On CUDA, batch sizes in ``graph_batch_sizes`` replay CUDA graphs captured at construction;
-    others run eagerly. Thread-safe. Shared by :class:`TorchRuntime` and the benchmark's native
+    others run eagerly. Modules with 2-D convolutions run channels-last unless asked not to.
+    Thread-safe. Shared by :class:`TorchRuntime` and the benchmark's native
     reference so both are measured through the same machinery.
     """
 
@@ -111,9 +112,16 @@ class TorchExecutor:
         input_specs: Sequence[TensorSpec],
         device: str,
         graph_batch_sizes: Sequence[int] = (),
+        channels_last: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval().requires_grad_(False)
+        self.channels_last = channels_last and any(p.dim() == 4 for p in module.parameters())
+        if self.channels_last:
+            # 2-D convolutions with NHWC weights run NHWC end to end (oneDNN and cuDNN kernels
+            # for it, no layout copies): what a native module fed NHWC images gets, and a
+            # ONNX graph's Transpose back to NHWC before its Flatten becomes a free view.
+            _to_channels_last(self.module)
         self.input_specs = tuple(input_specs)
         self.graphs: dict[int, _CudaGraph] = {}
         if self.device.type == "cuda":
@@ -153,6 +161,22 @@ class TorchExecutor:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
+
+
+def _to_channels_last(module: nn.Module) -> None:
+    """4-D parameters and buffers to NHWC strides (``module.to(memory_format=...)``, typed)."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.dim() != 4:
+                continue
+            # A fresh NHWC copy, not .contiguous(): a weight with one input channel or a 1x1
+            # kernel counts as NHWC already, yet keeps NCHW strides that steer the kernel
+            # choice (and the next layer's input) back to NCHW.
+            nhwc = torch.empty_like(tensor, memory_format=torch.channels_last)
+            # Idempotent: replacing the storage of weights that a captured CUDA graph reads
+            # would leave the graph reading freed memory.
+            if tensor.stride() != nhwc.stride():
+                tensor.data = nhwc.copy_(tensor.data)
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -254,5 +278,6 @@ class TorchRuntime(Runtime):
             "onnx2torch": onnx2torch_version(),
             "device": device,
             "cuda_graph_batch_sizes": ",".join(str(b) for b in self.graph_batch_sizes) or "none",
+            "memory_format": "channels_last" if self._executor.channels_last else "contiguous",
             "intra_op_threads": str(torch.get_num_threads()),
         }

@@ -12,6 +12,7 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ _STATUS_PATH = re.compile(
     r"(?i)^/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?$"
 )
 METRICS_PATH = "/monitoring/prometheus/metrics"
+OFFLOAD_BYTES = 64 * 1024
 _JSON = "application/json"
 
 
@@ -141,8 +143,12 @@ def response_body(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[s
     return {"predictions": [{k: col[i] for k, col in columns.items()} for i in range(rows)]}
 
 
+def _encode(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
 def _json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body).encode(), status=status, content_type=_JSON)
+    return web.Response(body=_encode(body), status=status, content_type=_JSON)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -157,6 +163,7 @@ class RestApi:
         self, service: PredictionService, max_request_bytes: int, timeout_s: float
     ) -> None:
         self._service = service
+        self._codec = ThreadPoolExecutor(2, thread_name_prefix="json")
         self._max_bytes = max_request_bytes
         self._timeout_s = timeout_s
 
@@ -216,7 +223,11 @@ class RestApi:
         if declared is not None and declared > self._max_bytes:
             # Refuse before reading: the body never enters memory.
             raise web.HTTPRequestEntityTooLarge(max_size=self._max_bytes, actual_size=declared)
-        body = parse_json(await request.read())
+        raw = await request.read()
+        # Large bodies are decoded on a worker thread so the event loop keeps answering small
+        # requests meanwhile (a 256-image row-format body is ~4 MB of JSON).
+        offload = len(raw) > OFFLOAD_BYTES
+        body = await self._off_loop(parse_json, raw) if offload else parse_json(raw)
         signature_name = ""
         if isinstance(body, dict) and "signature_name" in body:
             if not isinstance(body["signature_name"], str):
@@ -230,11 +241,20 @@ class RestApi:
                 f":{verb} needs a {verb} signature; model '{ref.name}' signature "
                 f"'{signature.name}' is a Predict signature ({signature.method_name}): use :predict"
             )
-        with self._service.manager.lease(ref.name, ref.version, ref.label) as servable:
-            signature = self._service.signature(servable, ref.signature_name)
+        servable = self._service.manager.resolve(ref.name, ref.version, ref.label)
+        signature = self._service.signature(servable, ref.signature_name)
+        if offload:
+            inputs, row_format = await self._off_loop(request_inputs, body, signature)
+        else:
             inputs, row_format = request_inputs(body, signature)
         result = await self._service.predict(ref, inputs, (), "rest", timeout_s=self._timeout_s)
+        if offload:
+            encoded = await self._off_loop(_encode, response_body(result.outputs, row_format))
+            return web.Response(body=encoded, content_type=_JSON)
         return _json_response(response_body(result.outputs, row_format))
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._codec, fn, *args)
 
     async def _status_or_metadata(self, match: re.Match[str]) -> web.Response:
         ref = self._ref(match)

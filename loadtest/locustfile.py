@@ -1,0 +1,410 @@
+"""Locust load test of the TF Serving Predict API (gRPC and REST) with real MNIST test images.
+
+Run it like any locustfile (see docs/loadtest.md)::
+
+    locust -f loadtest/locustfile.py                                # web UI on :8089
+    locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s \\
+        --model separable --batch-size 32 --protocol grpc --grpc-target 127.0.0.1:8500
+    locust -f loadtest/locustfile.py --headless ... --processes 2  # or --master / --worker
+
+Custom arguments (also environment variables ``LOCUST_MODEL``, ``LOCUST_BATCH_SIZE``,
+``LOCUST_PROTOCOL``, ``LOCUST_GRPC_TARGET``, ``LOCUST_WARMUP``, ``LOCUST_HDR_OUTPUT``): the REST
+base URL is Locust's own ``--host`` (``LOCUST_HOST``), default ``http://127.0.0.1:8501``.
+
+Each user keeps one request in flight (no wait time), so ``-u`` is the concurrency. Latencies are
+recorded in microseconds in HDR histograms per (model, protocol, batch size); workers send them to
+the master, which merges them and prints p50/p90/p99/p99.9/max at the end (and writes JSON to
+``--hdr-output``). Answers are checked against the labels: a wrong class lowers the reported
+accuracy, a non-OK status (or a malformed answer) is a failed request.
+"""
+
+# gRPC must use gevent's event loop before anything creates a channel (Locust's gRPC pattern).
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from geventhttpclient import HTTPClient  # noqa: E402
+from locust import User, constant, events, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+
+from contract import MODEL_NAMES  # noqa: E402
+from loadtest import payload  # noqa: E402
+from loadtest.recorder import (  # noqa: E402
+    SNAPSHOT_KEY,
+    Recorder,
+    key_string,
+    merge_snapshots,
+    worker_output_path,
+    write_json_atomically,
+)
+
+PROTOCOLS = ("grpc", "rest")
+DEFAULT_GRPC_TARGET = "127.0.0.1:8500"
+DEFAULT_REST_URL = "http://127.0.0.1:8501"
+REST_BODY_CACHE_BYTES = 64 * 1024 * 1024  # encoded JSON bodies kept per process
+
+logger = logging.getLogger("loadtest")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds ≥ 0, got {text!r}")
+    return value
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    # Straight on the parser: Locust's web UI extras (include_in_web_ui) exist only there.
+    group = parser
+    group.add_argument(
+        "--model",
+        default="standard",
+        env_var="LOCUST_MODEL",
+        help=f"model name to query ({', '.join(MODEL_NAMES)})",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        env_var="LOCUST_BATCH_SIZE",
+        help="images per request",
+    )
+    group.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="grpc",
+        env_var="LOCUST_PROTOCOL",
+        help="grpc (PredictionService/Predict) or rest (POST /v1/models/<m>:predict)",
+    )
+    group.add_argument(
+        "--grpc-target",
+        default=DEFAULT_GRPC_TARGET,
+        env_var="LOCUST_GRPC_TARGET",
+        help="host:port of the gRPC API (REST uses --host)",
+    )
+    group.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=0,
+        env_var="LOCUST_WARMUP",
+        help="seconds at the start left out of the HDR percentiles, throughput and Locust stats",
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        env_var="LOCUST_REQUEST_TIMEOUT",
+        help="seconds before a request fails",
+    )
+    group.add_argument(
+        "--hdr-output",
+        default="",
+        env_var="LOCUST_HDR_OUTPUT",
+        include_in_web_ui=False,
+        help="write the merged HDR results (JSON) to this file when Locust exits",
+    )
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+class GrpcPredictClient:
+    """``PredictionService/Predict`` over one gRPC channel (gevent-cooperative)."""
+
+    def __init__(self, target: str, model: str, timeout_s: float) -> None:
+        from contract.protos import prediction_service_pb2_grpc
+
+        self.model = model
+        self.timeout_s = timeout_s
+        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        self.channel = grpc.insecure_channel(target, options=unlimited)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self._prepared: Any = None
+
+    def prepare(self, images: np.ndarray, batch_index: int) -> None:
+        """Build the request outside the timed section (a real client has its tensor ready)."""
+        self._prepared = payload.predict_request(self.model, images)
+
+    def call(self) -> tuple[np.ndarray, int]:
+        """Send the prepared request; (predicted classes, response size in bytes)."""
+        response = self.stub.Predict(self._prepared, timeout=self.timeout_s)
+        return payload.classes_from_predict_response(response), response.ByteSize()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+
+class RestError(RuntimeError):
+    """A REST answer with a non-200 status."""
+
+
+class _BodyCache:
+    """Encoded REST bodies by (batch size, batch index), up to a byte budget per process."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.used = 0
+        self.bodies: dict[tuple[int, int], bytes] = {}
+
+    def get(self, ring: payload.ImageRing, batch_index: int, images: np.ndarray) -> bytes:
+        key = (ring.batch_size, batch_index % ring.period)
+        body = self.bodies.get(key)
+        if body is None:
+            body = payload.rest_body(images)
+            if self.used + len(body) <= self.budget:
+                self.bodies[key] = body
+                self.used += len(body)
+        return body
+
+
+_BODIES = _BodyCache(REST_BODY_CACHE_BYTES)
+
+
+class RestPredictClient:
+    """``POST /v1/models/<model>:predict`` with TF Serving's row format, on a kept-alive socket."""
+
+    def __init__(self, base_url: str, model: str, timeout_s: float, ring: payload.ImageRing):
+        self.client = HTTPClient.from_url(
+            base_url,
+            concurrency=1,
+            connection_timeout=timeout_s,
+            network_timeout=timeout_s,
+            headers={"Content-Type": "application/json"},
+        )
+        self.path = payload.rest_path(model)
+        self.ring = ring
+        self._prepared = b""
+
+    def prepare(self, images: np.ndarray, batch_index: int) -> None:
+        """Encode (or fetch the cached) JSON body outside the timed section."""
+        self._prepared = _BODIES.get(self.ring, batch_index, images)
+
+    def call(self) -> tuple[np.ndarray, int]:
+        """Send the prepared body; (predicted classes, response size in bytes)."""
+        response = self.client.post(self.path, body=self._prepared)
+        body = response.read()
+        if response.status_code != 200:
+            raise RestError(f"HTTP {response.status_code}: {body[:300]!r}")
+        return payload.classes_from_rest_response(body), len(body)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
+
+
+# --- measurement state ----------------------------------------------------------------------------
+
+RECORDER = Recorder()
+_WORKER_SNAPSHOTS: dict[str, dict[str, Any]] = {}
+
+
+class PredictUser(User):
+    """One client with one request in flight at a time, over the protocol of ``--protocol``."""
+
+    wait_time = constant(0)  # closed loop: the number of users is the concurrency
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.model = str(options.model)
+        self.protocol = str(options.protocol)
+        self.batch_size = int(options.batch_size)
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        timeout_s = float(options.request_timeout)
+        self.ring = payload.ImageRing(payload.load_test_set(), self.batch_size)
+        # Users start at different places in the test set so they do not send identical batches.
+        self.batch_index = random.randrange(self.ring.period)
+        self.key = key_string(self.model, self.protocol, self.batch_size)
+        self.name = f"{self.model} batch={self.batch_size}"
+        self.client: GrpcPredictClient | RestPredictClient
+        if self.protocol == "grpc":
+            self.client = GrpcPredictClient(str(options.grpc_target), self.model, timeout_s)
+        else:
+            base_url = self.environment.host or DEFAULT_REST_URL
+            self.client = RestPredictClient(base_url, self.model, timeout_s, self.ring)
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @task
+    def predict(self) -> None:
+        images, labels = self.ring.batch(self.batch_index)
+        self.client.prepare(images, self.batch_index)
+        self.batch_index += 1
+        exception: Exception | None = None
+        length = 0
+        correct = 0
+        started = time.perf_counter()
+        try:
+            classes, length = self.client.call()
+            elapsed = time.perf_counter() - started
+            correct = payload.count_correct(classes, labels)
+        except (grpc.RpcError, RestError, OSError, ValueError, KeyError) as exc:
+            elapsed = time.perf_counter() - started
+            exception = exc
+        RECORDER.record(
+            self.key,
+            started,
+            elapsed,
+            ok=exception is None,
+            images=len(labels),
+            correct=correct,
+        )
+        self.environment.events.request.fire(
+            request_type=self.protocol,
+            name=self.name,
+            response_time=elapsed * 1000.0,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+
+
+# --- events: warm-up, worker → master reports, results -------------------------------------------
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    if not isinstance(environment.runner, MasterRunner):
+        # Load the test set now: in a user's on_start it would stall every user of the process.
+        payload.load_test_set()
+    # gevent's loop caches "now" and has not run since the imports above: without this, timers
+    # Locust starts next (--run-time) would fire early by the seconds start-up took.
+    gevent.get_hub().loop.update_now()
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_: Any) -> None:
+    gevent.get_hub().loop.update_now()
+    warmup = float(getattr(environment.parsed_options, "warmup", 0) or 0)
+    RECORDER.reset(warmup)
+    if isinstance(environment.runner, MasterRunner):
+        _WORKER_SNAPSHOTS.clear()
+    if warmup > 0 and environment.runner is not None:
+        # Locust's own statistics (CSV/HTML) should describe the same window as ours.
+        gevent.spawn_later(warmup, environment.runner.stats.reset_all)
+
+
+@events.test_stopping.add_listener
+def _on_test_stopping(environment: Environment, **_: Any) -> None:
+    RECORDER.stop()
+
+
+@events.test_stop.add_listener
+def _on_worker_test_stop(environment: Environment, **_: Any) -> None:
+    target = getattr(environment.parsed_options, "hdr_output", "")
+    if isinstance(environment.runner, WorkerRunner) and target:
+        # Our final numbers also go to a file: the master may quit before our last report lands
+        # (read back with loadtest.recorder.read_run_output). Remote workers may lack the path.
+        try:
+            write_json_atomically(
+                worker_output_path(Path(target), os.getpid()), RECORDER.snapshot()
+            )
+        except OSError as exc:
+            logger.warning("could not write the worker's HDR snapshot: %s", exc)
+
+
+@events.report_to_master.add_listener
+def _on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    data[SNAPSHOT_KEY] = RECORDER.snapshot()
+
+
+@events.worker_report.add_listener
+def _on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    snapshot = data.get(SNAPSHOT_KEY)
+    if snapshot is not None:
+        # Snapshots are cumulative: the latest one of each worker replaces the previous one.
+        _WORKER_SNAPSHOTS[client_id] = snapshot
+
+
+def collect(environment: Environment) -> dict[str, Any]:
+    """The merged results of this run: all workers' snapshots on a master, else our own."""
+    if isinstance(environment.runner, MasterRunner):
+        snapshots = list(_WORKER_SNAPSHOTS.values())
+    else:
+        snapshots = [RECORDER.snapshot()]
+    merged = merge_snapshots(snapshots)
+    merged["snapshots"] = snapshots
+    options = environment.parsed_options
+    merged["settings"] = {
+        "model": getattr(options, "model", None),
+        "protocol": getattr(options, "protocol", None),
+        "batch_size": getattr(options, "batch_size", None),
+        "users": getattr(options, "num_users", None),
+        "warmup_s": getattr(options, "warmup", None),
+        "grpc_target": getattr(options, "grpc_target", None),
+        "rest_url": environment.host or DEFAULT_REST_URL,
+    }
+    return merged
+
+
+def _log_results(merged: dict[str, Any]) -> None:
+    for row in merged["results"]:
+        logger.info(
+            "HDR %s %s batch=%d: %d requests, %.1f req/s, %.1f images/s, p50 %.3f ms, "
+            "p90 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms, %d failures, accuracy %.4f",
+            row["model"],
+            row["protocol"],
+            row["batch_size"],
+            row["requests"],
+            row["requests_per_s"],
+            row["images_per_s"],
+            row["p50_ms"],
+            row["p90_ms"],
+            row["p99_ms"],
+            row["p999_ms"],
+            row["max_ms"],
+            row["failures"],
+            row["accuracy"],
+        )
+
+
+def _write_results(environment: Environment) -> None:
+    merged = collect(environment)
+    _log_results(merged)
+    target = getattr(environment.parsed_options, "hdr_output", "")
+    if target:
+        write_json_atomically(Path(target), merged)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner) or getattr(
+        environment.parsed_options, "headless", True
+    ):
+        return  # headless runs write once, when quitting
+    # Web UI: the workers' final reports arrive within one report interval after the stop.
+    gevent.spawn_later(4.0, _write_results, environment)
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Environment, **_: Any) -> None:
+    if not isinstance(environment.runner, WorkerRunner):
+        _write_results(environment)

@@ -1,0 +1,198 @@
+"""Real Locust runs against a real server (tiny models), the in-process floor, and the sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import hdr
+from loadtest.inprocess import measure_runtime
+from loadtest.recorder import read_run_output
+from loadtest.results import COLUMNS
+from loadtest.sweep import LOCUSTFILE
+from serving.process import ServerProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run_locust(server: ServerProcess, tmp_path: Path, name: str, *args: str) -> dict:
+    prefix = tmp_path / name
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "--stop-timeout",
+        "0",
+        "--host",
+        server.rest_url,
+        "--grpc-target",
+        server.grpc_target,
+        "--csv",
+        str(prefix),
+        "--hdr-output",
+        f"{prefix}_hdr.json",
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return read_run_output(Path(f"{prefix}_hdr.json"))
+
+
+def check_result(result: dict, model: str, protocol: str, batch_size: int) -> None:
+    assert (result["model"], result["protocol"], result["batch_size"]) == (
+        model,
+        protocol,
+        batch_size,
+    )
+    assert result["failures"] == 0
+    assert result["requests"] > 10
+    assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["p999_ms"] <= result["max_ms"]
+    assert result["images_per_s"] == pytest.approx(result["requests_per_s"] * batch_size)
+    # Tiny models trained for one epoch on 2,000 images: well above chance.
+    assert 0.3 < result["accuracy"] <= 1.0
+
+
+def test_locust_grpc_and_rest_against_a_real_server(model_repository, tmp_path):
+    with ServerProcess(
+        model_repository / "models.config",
+        ["--runtime", "onnx"],
+        log_path=tmp_path / "server.log",
+    ) as server:
+        # Two worker processes: their HDR histograms are merged.
+        grpc_run = run_locust(
+            server,
+            tmp_path,
+            "grpc",
+            *("-u", "2", "-r", "2", "-t", "4s", "--processes", "2", "--warmup", "1"),
+            *("--model", "separable", "--protocol", "grpc", "--batch-size", "4"),
+        )
+        (result,) = grpc_run["results"]
+        check_result(result, "separable", "grpc", 4)
+        assert grpc_run["processes"] == 2 and grpc_run["final_snapshots"] == 2
+        workers = [json.loads(p.read_text()) for p in tmp_path.glob("grpc_hdr.json.worker-*.json")]
+        assert len(workers) == 2
+        per_worker = [w["keys"]["separable|grpc|4"]["histogram"] for w in workers]
+        assert sum(hdr.decode(h).get_total_count() for h in per_worker) == result["requests"]
+        assert hdr.summarize(hdr.merge(per_worker)) == hdr.summarize(
+            hdr.decode(result["histogram"])
+        )
+        # Locust's own CSV is kept as a raw artifact and saw the same traffic.
+        with open(tmp_path / "grpc_stats.csv", newline="") as handle:
+            stats = {row["Name"]: row for row in csv.DictReader(handle)}
+        assert int(stats["separable batch=4"]["Failure Count"]) == 0
+        assert int(stats["separable batch=4"]["Request Count"]) > 0
+
+        rest_run = run_locust(
+            server,
+            tmp_path,
+            "rest",
+            *("-u", "1", "-r", "1", "-t", "3s", "--warmup", "1"),
+            *("--model", "standard", "--protocol", "rest", "--batch-size", "3"),
+        )
+        (result,) = rest_run["results"]
+        check_result(result, "standard", "rest", 3)
+
+        # The sweep measuring this running server (--target), without the in-process floor.
+        server_process = server.process
+        assert server_process is not None
+        sweep = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loadtest",
+                *("--target", server.grpc_target, "--rest-target", server.rest_url[7:]),
+                *("--server-pid", str(server_process.pid), "--runtimes", "onnx"),
+                *("--models", "standard", "--batch-sizes", "1", "--concurrency", "1"),
+                *("--protocols", "grpc", "--duration", "1", "--warmup", "0", "--no-in-process"),
+                *("--output", str(tmp_path / "reports"), "--run-id", "target"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+        (row,) = json.loads((tmp_path / "reports" / "target" / "results.json").read_text())
+        assert (row["mode"], row["errors"]) == ("served", 0)
+        assert row["server_cpu"] is not None and row["server_cpu"] > 0
+
+
+def test_in_process_measurement(exported_repository):
+    measured = measure_runtime(
+        "onnx",
+        exported_repository,
+        ["standard", "separable"],
+        [1, 8],
+        duration_s=0.3,
+        warmup_s=0.1,
+    )
+    assert measured["runtime"] == "onnx"
+    assert [(e["model"], e["batch_size"]) for e in measured["results"]] == [
+        ("standard", 1),
+        ("standard", 8),
+        ("separable", 1),
+        ("separable", 8),
+    ]
+    for entry in measured["results"]:
+        assert entry["requests"] >= 5
+        assert 0 < entry["p50_ms"] <= entry["max_ms"]
+        assert entry["images_per_s"] == pytest.approx(entry["requests_per_s"] * entry["batch_size"])
+        assert 0.3 < entry["accuracy"] <= 1.0
+
+
+def test_sweep_starts_the_server_and_writes_the_report(model_repository, tmp_path):
+    output = tmp_path / "reports"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest",
+            *("--models-dir", str(model_repository), "--output", str(output)),
+            *("--runtimes", "onnx", "--batch-sizes", "4", "--concurrency", "1"),
+            *("--protocols", "grpc", "--duration", "1", "--warmup", "0", "--run-id", "e2e"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = output / "e2e"
+    assert result.stdout.strip().splitlines()[-1] == f"report: {run_dir / 'report.md'}"
+    assert "FLOPs vs reality" in result.stdout
+    with open(run_dir / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == COLUMNS
+    modes = sorted((r["mode"], r["model"], r["protocol"]) for r in rows)
+    assert modes == [
+        ("in-process", "separable", "none"),
+        ("in-process", "standard", "none"),
+        ("served", "separable", "grpc"),
+        ("served", "standard", "grpc"),
+    ]
+    for row in rows:
+        assert row["errors"] == "0"
+        assert float(row["p50_ms"]) > 0 and not math.isnan(float(row["images_per_s"]))
+        if row["mode"] == "served":
+            assert float(row["generator_cpu"]) > 0 and float(row["server_cpu"]) > 0
+    report = (run_dir / "report.md").read_text()
+    assert "## Verdict" in report and "## FLOPs vs reality" in report
+    assert len(list((run_dir / "plots").glob("*.png"))) == 4
+    assert (run_dir / "locust" / "onnx-standard-grpc-b4-c1_stats.csv").is_file()
+    assert (run_dir / "locust" / "onnx-standard-grpc-b4-c1.html").is_file()
+    machine = json.loads((run_dir / "machine.json").read_text())
+    assert machine["cpu_model"] and machine["libraries"]["locust"]
+    assert "python -m loadtest" in (run_dir / "command.txt").read_text()
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["runtimes"][0]["server_exit_code"] == 0  # SIGTERM drained cleanly
