@@ -129,7 +129,8 @@ def test_runtime_failure_fails_only_that_batch(runtime):
         assert all(
             isinstance(e, ServingError) and e.code == grpc.StatusCode.INTERNAL for e in failed
         )
-        assert "forced failure" in failed[0].message
+        first = failed[0]
+        assert isinstance(first, ServingError) and "forced failure" in first.message
         ok = await batcher.submit(image, 1)
         assert ok["classes"].shape == (1,)
 

@@ -156,7 +156,7 @@ def test_classify_regress_multiinference_are_unimplemented_with_reason(stub):
         with pytest.raises(grpc.RpcError) as error:
             call(request, timeout=10)
         assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "Predict signature" in error.value.details()
+        assert "Predict signature" in (error.value.details() or "")
     multi = inference_pb2.MultiInferenceRequest()
     multi.tasks.add().model_spec.name = "standard"
     with pytest.raises(grpc.RpcError) as error:
@@ -291,7 +291,9 @@ def test_python_client_grpc_and_rest_agree(onnx_server, mnist):
 def test_rest_large_body_decoded_off_the_event_loop(onnx_server, mnist):
     images = _images(mnist, 64)  # ~1 MB of JSON: decoded on a worker thread
     status, body = http(
-        "POST", f"{onnx_server.rest_url}/v1/models/separable:predict", {"instances": images.tolist()}
+        "POST",
+        f"{onnx_server.rest_url}/v1/models/separable:predict",
+        {"instances": images.tolist()},
     )
     assert status == 200 and len(body["predictions"]) == 64
     with ServingClient(onnx_server.grpc_target) as client:
