@@ -11,6 +11,16 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(
@@ -30,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     parser.add_argument(
         "--parity-images",
-        type=int,
+        type=_positive_int,
         default=10_000,
         help="test images compared between TF and ONNX Runtime (default: all 10,000)",
     )
@@ -55,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             log=console.print,
         )
     except ExportError as exc:
-        console.print(f"[red]export failed:[/red] {exc}", highlight=False)
+        # One line on stderr, whatever the terminal width (Rich would wrap long paths).
+        Console(stderr=True).print(
+            f"[red]export failed:[/red] {exc}", highlight=False, soft_wrap=True
+        )
         return 1
     print_report(report, console)
     console.print(json.dumps({"repository": str(args.output)}))

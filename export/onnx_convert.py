@@ -1,4 +1,4 @@
-"""SavedModel → ONNX through tf2onnx's SavedModel loader (``from_keras`` is unreliable on Keras 3)."""
+"""SavedModel → ONNX with tf2onnx's SavedModel loader (``from_keras`` is unreliable on Keras 3)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from contract import INPUT_NAME, OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SIGNATURE
 DEFAULT_OPSET = 17
 
 
-def convert_saved_model(saved_model_dir: Path, output_path: Path, opset: int = DEFAULT_OPSET) -> None:
+def convert_saved_model(
+    saved_model_dir: Path, output_path: Path, opset: int = DEFAULT_OPSET
+) -> None:
     """Convert the ``serving_default`` signature to ONNX with the signature's tensor names.
 
     The graph's inputs/outputs are renamed to the signature keys (``images``; ``probabilities``,
@@ -44,7 +46,8 @@ def check_onnx_model(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
     input_names = [i.name for i in model.graph.input]
     output_names = sorted(o.name for o in model.graph.output)
-    if input_names != [INPUT_NAME] or output_names != sorted([OUTPUT_PROBABILITIES, OUTPUT_CLASSES]):
+    expected_outputs = sorted([OUTPUT_PROBABILITIES, OUTPUT_CLASSES])
+    if input_names != [INPUT_NAME] or output_names != expected_outputs:
         raise ValueError(f"ONNX names {input_names} -> {output_names} do not match the signature")
 
 

@@ -48,6 +48,14 @@ def export_repository(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Export each trained variant as a new version; write models.config and the report."""
+    # Check the inputs before importing TensorFlow, so a wrong path fails in a fraction of a second.
+    names = [n for n in MODEL_NAMES if (artifacts / n).is_dir()]
+    if not names:
+        raise ExportError(f"no trained models under {artifacts}/ (run `python -m training` first)")
+    run_dirs = {name: select_run(artifacts / name) for name in names}
+    if parity_images < 1:
+        raise ExportError(f"parity needs at least one test image, got {parity_images}")
+
     import numpy as np
 
     from export.onnx_convert import DEFAULT_OPSET, convert_saved_model
@@ -57,23 +65,25 @@ def export_repository(
     from training.data import DataError, load_mnist
     from training.train import SAVED_MODEL_DIR, preprocess
 
-    names = [n for n in MODEL_NAMES if (artifacts / n).is_dir()]
-    if not names:
-        raise ExportError(f"no trained models under {artifacts}/ (run `python -m training` first)")
     try:
         mnist = load_mnist()
     except DataError as exc:
         raise ExportError(str(exc)) from exc
-    count = max(0, min(parity_images, len(mnist.x_test)))
+    count = min(parity_images, len(mnist.x_test))
     test_images = preprocess(mnist.x_test[:count])
     test_labels = mnist.y_test[:count].astype(np.int64)
 
     report: dict[str, Any] = {"models": {}}
     for name in names:
-        run_dir = select_run(artifacts / name)
+        run_dir = run_dirs[name]
         parity_holder: dict[str, Any] = {}
 
-        def populate(staging: Path, run_dir: Path = run_dir, name: str = name) -> None:
+        def populate(
+            staging: Path,
+            run_dir: Path = run_dir,
+            name: str = name,
+            parity_holder: dict[str, Any] = parity_holder,
+        ) -> None:
             shutil.copytree(run_dir / SAVED_MODEL_DIR, staging, dirs_exist_ok=True)
             write_warmup_file(staging / WARMUP_RELATIVE_PATH, name, test_images[:32])
             shutil.copy2(run_dir / "metrics.json", staging / TRAINING_METRICS_IN_VERSION)

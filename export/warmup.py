@@ -27,7 +27,9 @@ def warmup_requests(model_name: str, images: np.ndarray) -> list[prediction_log_
         batch = np.resize(images, (batch_size, 28, 28, 1)).astype(np.float32)
         request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(batch))
         logs.append(
-            prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
         )
     return logs
 

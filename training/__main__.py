@@ -13,7 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_mnist()
     except DataError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # stderr, unwrapped: the message's own lines, not the console width, decide the layout.
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
 
     from training.architectures import VARIANTS

