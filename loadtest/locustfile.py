@@ -23,7 +23,6 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
-import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -40,6 +39,7 @@ from locust.env import Environment  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
 from contract import MODEL_NAMES  # noqa: E402
+from contract.cli import non_negative_int, positive_int  # noqa: E402
 from loadtest import payload  # noqa: E402
 from loadtest.recorder import (  # noqa: E402
     SNAPSHOT_KEY,
@@ -58,26 +58,6 @@ REST_BODY_CACHE_BYTES = 64 * 1024 * 1024  # encoded JSON bodies kept per process
 logger = logging.getLogger("loadtest")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds ≥ 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds ≥ 0, got {text!r}")
-    return value
-
-
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
     # Straight on the parser: Locust's web UI extras (include_in_web_ui) exist only there.
@@ -90,7 +70,7 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         env_var="LOCUST_BATCH_SIZE",
         help="images per request",
@@ -110,7 +90,7 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         env_var="LOCUST_WARMUP",
         help="seconds at the start left out of the HDR percentiles, throughput and Locust stats",

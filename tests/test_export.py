@@ -346,4 +346,4 @@ def test_cli_rejects_zero_parity_images(tmp_path):
         check=False,
     )
     assert result.returncode == 2
-    assert "argument --parity-images: must be >= 1, got 0" in result.stderr
+    assert "argument --parity-images: expected an integer >= 1, got 0" in result.stderr

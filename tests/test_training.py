@@ -352,11 +352,11 @@ def test_cli_help():
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
-        (["--batch-size", "-5"], "argument --batch-size: must be >= 1, got -5"),
-        (["--runs", "0"], "argument --runs: must be >= 1, got 0"),
+        (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
+        (["--batch-size", "-5"], "argument --batch-size: expected an integer >= 1, got -5"),
+        (["--runs", "0"], "argument --runs: expected an integer >= 1, got 0"),
         (["--variant", "mobilenet"], "argument --variant: invalid choice: 'mobilenet'"),
-        (["--epochs", "many"], "argument --epochs: must be an integer >= 1, got 'many'"),
+        (["--epochs", "many"], "argument --epochs: expected an integer >= 1, got 'many'"),
     ],
 )
 def test_cli_rejects_bad_flags(flags, message):

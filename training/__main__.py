@@ -8,18 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+from contract.cli import positive_int
+
 # Quiet TF's C++ start-up chatter before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,13 +21,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train the tutorial's Conv2D and SeparableConv2D MNIST CNNs.",
     )
     parser.add_argument("--variant", choices=["standard", "separable", "all"], default="all")
-    parser.add_argument("--epochs", type=_positive_int, default=25)
-    parser.add_argument("--batch-size", type=_positive_int, default=250)
+    parser.add_argument("--epochs", type=positive_int, default=25)
+    parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--seed", type=int, default=42, help="seed of the first run")
     parser.add_argument(
-        "--runs", type=_positive_int, default=1, help="runs per variant, seeds seed..seed+N-1"
+        "--runs", type=positive_int, default=1, help="runs per variant, seeds seed..seed+N-1"
     )
-    parser.add_argument("--max-train-samples", type=_positive_int, default=None)
+    parser.add_argument("--max-train-samples", type=positive_int, default=None)
     parser.add_argument("--output", type=Path, default=Path("artifacts"))
     parser.add_argument(
         "--progress-bar", action="store_true", help="Keras progress bar instead of a line per epoch"
