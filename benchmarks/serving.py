@@ -16,15 +16,18 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving.process import ServerProcess
+from serving.process import ServerProcess, free_port
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -145,6 +148,29 @@ def drive(
     }
 
 
+def latest_version(model_dir: Path) -> Path:
+    """The highest integer version directory of a model."""
+    return max(model_dir.glob("[0-9]*"), key=lambda p: int(p.name))
+
+
+@contextmanager
+def _minimal_server(model_path: Path, extra: list[str]) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.minimal_server", str(model_path), str(port), *extra]
+    )
+    try:
+        target = f"127.0.0.1:{port}"
+        import grpc
+
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        yield target
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def in_process_images_per_s(
     runtime: str, version_dir: Path, batch: int, duration: float, threads: int
 ) -> float:
@@ -206,6 +232,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"<= {limit} s",
                 )
 
+    if want("grpc_c1_yardsticks"):
+        # The same load against a do-nothing grpc.aio server and a minimal one doing the same
+        # work: what Python gRPC itself costs on this machine, today.
+        version_dir = latest_version(args.models_dir / model)
+        for label, extra in (("do-nothing", ["--noop"]), ("minimal", [])):
+            with _minimal_server(version_dir / "model.onnx", extra) as target:
+                r = drive("grpc", target, model, 1, 1, d)
+            figures[f"grpc_c1_{label}_server"] = r
+            add(
+                f"gRPC p50, 1 image, c1: {label} grpc.aio server",
+                f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
+                "yardstick",
+            )
+
     if any(want(n) for n in ("grpc_c1", "grpc_c8", "rest_c1", "served_vs_inprocess_256")):
         with ServerProcess(config, ["--runtime=onnx"]) as server:
             if want("grpc_c1"):
@@ -234,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if want("served_vs_inprocess_256"):
                 served = drive("grpc", server.grpc_target, model, 256, 2, d)
-                version_dir = sorted(
-                    (args.models_dir / model).glob("[0-9]*"), key=lambda p: int(p.name)
-                )[-1]
+                version_dir = latest_version(args.models_dir / model)
                 local = in_process_images_per_s("onnx", version_dir, 256, d, 0)
                 ratio = served["images_per_s"] / local
                 figures["served_vs_inprocess_256"] = {
