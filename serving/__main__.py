@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
+
+
+def _stop_during_startup(signum: int, frame: FrameType | None) -> None:
+    # Until the server installs its draining handler nothing is in flight: stop cleanly.
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, then serve (one process, or ``--workers`` processes)."""
+    signal.signal(signal.SIGTERM, _stop_during_startup)
     args = sys.argv[1:] if argv is None else argv
     from serving.settings import SettingsError, parse_settings
 

@@ -302,3 +302,22 @@ def test_startup_fails_cleanly_on_unreadable_model_path(tmp_path):
         assert completed.returncode != 0, args
         lines = completed.stderr.strip().splitlines()
         assert fragment in lines[-1], completed.stderr
+
+
+def test_sigterm_during_startup_exits_zero(model_repository):
+    # Kubernetes may stop a pod that is still loading: that is a clean stop, not a crash.
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            f"--model_config_file={model_repository / 'models.config'}",
+            f"--port={free_port()}",
+            "--rest_api_port=0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.3)  # inside the imports, before the server's own handler exists
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
