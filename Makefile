@@ -61,3 +61,22 @@ clean:
 .PHONY: gpu-bundle
 gpu-bundle: setup
 	$(PY) -m tools.gpu_bundle --output .whl --models-dir models
+
+# Reliability (docs/reliability.md). `make fuzz`: the Hypothesis properties of tests/test_fuzz_*.py
+# with FUZZ_EXAMPLES cases each (3 properties: over 10,000 cases) plus atheris on the TensorProto
+# decoder. `make soak`: Locust at 70% of measured capacity for SOAK_MINUTES. `make audit`:
+# pip-audit of the pinned and installed dependencies (exit 2 when advisory data is unreachable).
+FUZZ_EXAMPLES ?= 3400
+ATHERIS_RUNS ?= 200000
+SOAK_MINUTES ?= 10
+SOAK_ARGS ?=
+
+.PHONY: fuzz soak audit
+fuzz: setup
+	$(PY) -m fuzz --examples $(FUZZ_EXAMPLES) --atheris-runs $(ATHERIS_RUNS) --output reports/fuzz
+
+soak: models/models.config
+	$(PY) -m loadtest.soak --models-dir models --minutes $(SOAK_MINUTES) --output reports $(SOAK_ARGS)
+
+audit: setup
+	$(PY) -m fuzz.audit

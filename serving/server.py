@@ -22,6 +22,7 @@ from serving.model.manager import ModelManager
 from serving.model.service import PredictionService, validate_inputs
 from serving.model.versions import ServableVersion
 from serving.model.warmup import read_prediction_logs
+from serving.paths import default_roots
 from serving.runtimes import Runtime, RuntimeOptions, load_runtime
 from serving.settings import Settings, TlsSettings
 from serving.tensor_codec import to_numpy
@@ -177,6 +178,7 @@ class Server:
                 if text == last:
                     continue
                 configs = load_config_file(path)
+                self.manager.check_config(configs)
             except (OSError, ConfigError) as exc:
                 log.error("ignoring unreadable model config %s: %s", path, exc)
                 continue
@@ -192,8 +194,13 @@ class Server:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             configs = model_configs(settings)
+            self.manager.allowed_roots = settings.model_base_path_roots or default_roots(
+                settings.model_config_file, [c.base_path for c in configs]
+            )
+            self.manager.check_config(configs)
         except ConfigError as exc:
-            raise StartupError(f"--model_config_file: {exc}") from exc
+            flag = "--model_config_file" if settings.model_config_file else "--model_base_path"
+            raise StartupError(f"{flag}: {exc}") from exc
 
         grpc_server = build_server(
             self.service,

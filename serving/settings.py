@@ -65,6 +65,7 @@ class Settings(BaseModel):
     model_name: str = "default"
     model_base_path: Path | None = None
     model_config_file: Path | None = None
+    model_base_path_roots: tuple[Path, ...] = ()
     model_config_file_poll_wait_seconds: float = Field(0.0, ge=0)
     file_system_poll_wait_seconds: float = Field(1.0, ge=0)
     enable_batching: bool = False
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "${MODEL_NAME}, or ${MODEL_BASE_PATH}/models.config when MODEL_NAME is unset",
     )
     add("--model_config_file", default=None, help="ModelServerConfig text proto (models.config)")
+    add(
+        "--model_base_path_root",
+        action="append",
+        default=None,
+        help="a directory model base paths must lie in, symlinks and '..' resolved; repeat for "
+        "several. Default: the config file's directory and the parent of every start-up base "
+        "path (ours)",
+    )
     add(
         "--model_config_file_poll_wait_seconds",
         type=float,
@@ -297,6 +306,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         "model_name": model_name,
         "model_base_path": model_base_path,
         "model_config_file": model_config_file,
+        "model_base_path_roots": tuple(args.model_base_path_root or ()),
         "model_config_file_poll_wait_seconds": args.model_config_file_poll_wait_seconds,
         "file_system_poll_wait_seconds": args.file_system_poll_wait_seconds,
         "enable_batching": args.enable_batching,
@@ -329,4 +339,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             raise SettingsError(f"{flag}: {path} does not exist")
     if settings.model_base_path is not None and not settings.model_base_path.is_dir():
         raise SettingsError(f"--model_base_path: {settings.model_base_path} is not a directory")
+    for root in settings.model_base_path_roots:
+        if not root.is_dir():
+            raise SettingsError(f"--model_base_path_root: {root} is not a directory")
     return settings

@@ -8,6 +8,8 @@ server allocate memory for them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,14 +64,35 @@ def shape_of(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> tuple[
     for axis, size in enumerate(dims):
         if size < 0:
             raise invalid_argument(f"input '{name}' has negative dimension {size} at axis {axis}")
-    size = math.prod(dims) * _DTYPES[proto.dtype][0].itemsize
+    itemsize = _DTYPES[proto.dtype][0].itemsize
+    size = math.prod(dims) * itemsize
     if size > max_bytes:
         # Also covers a single typed value that TF semantics would broadcast to a huge shape.
         raise invalid_argument(
             f"input '{name}' shape {list(dims)} needs {size} bytes, more than the request "
             f"limit of {max_bytes}"
         )
+    span = math.prod(max(d, 1) for d in dims) * itemsize
+    if span > max_bytes:
+        # An empty tensor whose other dimensions are absurd ([0, 2**62]): numpy cannot even
+        # describe it ("array is too big"), and no such input is useful.
+        raise invalid_argument(
+            f"input '{name}' shape {list(dims)} is empty, but its non-zero dimensions need "
+            f"{span} bytes, more than the request limit of {max_bytes}"
+        )
     return dims
+
+
+def _typed_values(values: Sequence[Any], dtype: np.dtype, typed_field: str) -> np.ndarray:
+    """The typed field's values as ``dtype``, converted as TF's ``Tensor::FromProto`` does."""
+    if typed_field == "half_val":
+        # half_val carries the IEEE 754 bit patterns of the values, not the numbers.
+        return np.asarray(values, np.int32).astype(np.uint16).view(np.float16)
+    if typed_field == "int_val" and dtype != np.int32:
+        # int8/int16/uint8/uint16 travel in int_val and are truncated to their width (a C cast,
+        # as in TF); numpy would raise OverflowError for e.g. 300 as int8.
+        return np.asarray(values, np.int32).astype(dtype)
+    return np.asarray(values, dtype=dtype)
 
 
 def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.ndarray:
@@ -102,10 +125,10 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
     values = getattr(proto, typed_field)
     count = len(values)
     if count == elements:
-        return np.asarray(values, dtype=dtype).reshape(dims)
+        return _typed_values(values, dtype, typed_field).reshape(dims)
     if count == 1 and elements > 0:
         # TF's Tensor::FromProto fills the whole shape with a single given value.
-        return np.full(dims, values[0], dtype=dtype)
+        return np.full(dims, _typed_values(values, dtype, typed_field)[0], dtype=dtype)
     if count == 0 and elements == 0:
         return np.zeros(dims, dtype=dtype)
     raise invalid_argument(
@@ -122,6 +145,8 @@ def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     for size in array.shape:
         dims.add(size=size)
     typed_field = _DTYPES[enum_value][1]
+    if enum_value == types_pb2.DT_HALF:
+        array = array.view(np.uint16)  # half_val carries bit patterns (see _typed_values)
     getattr(out, typed_field).extend(array.ravel().tolist())
 
 

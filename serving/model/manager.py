@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,8 +21,9 @@ from pathlib import Path
 from contract import WARMUP_RELATIVE_PATH
 from serving import metrics
 from serving.errors import ServingError, internal, not_found
-from serving.model.config import ModelConfig
+from serving.model.config import ConfigError, ModelConfig
 from serving.model.versions import ServableVersion, VersionState, fingerprint
+from serving.paths import check_tree, confine
 from serving.runtimes import Runtime, RuntimeLoadError
 
 log = logging.getLogger("serving.models")
@@ -84,8 +85,11 @@ class ModelManager:
         *,
         warmup: WarmupFn | None = None,
         loader: Executor | None = None,
+        allowed_roots: Sequence[Path] = (),
     ) -> None:
         self._load = load
+        # Base paths must lie inside these (serving.paths); empty: no confinement (in-process use).
+        self.allowed_roots: tuple[Path, ...] = tuple(allowed_roots)
         self._warmup = warmup
         self._loader = loader or ThreadPoolExecutor(max_workers=2, thread_name_prefix="loader")
         self._models: dict[str, ServedModel] = {}
@@ -96,9 +100,21 @@ class ModelManager:
         self.on_change: Callable[[], None] = lambda: None
 
     # ---- configuration -------------------------------------------------------------------
+    def check_config(self, configs: list[ModelConfig]) -> None:
+        """``ConfigError`` when a base path lies outside the allowed roots."""
+        if not self.allowed_roots:
+            return
+        for config in configs:
+            try:
+                confine(config.base_path, self.allowed_roots)
+            except ConfigError as exc:
+                raise ConfigError(f"model {config.name!r}: {exc}") from None
+
     async def apply_config(self, configs: list[ModelConfig], *, wait: bool = True) -> None:
         """Serve exactly ``configs``: add new models, drop removed ones (after their in-flight
-        requests), update policies/labels of the others; optionally wait for the new loads."""
+        requests), update policies/labels of the others; optionally wait for the new loads.
+        A base path outside the allowed roots raises ``ConfigError`` and changes nothing."""
+        self.check_config(configs)
         async with self._lock:
             wanted = {c.name: c for c in configs}
             for name in list(self._models):
@@ -143,7 +159,7 @@ class ModelManager:
                     continue  # failed before and unchanged on disk: do not retry in a loop
                 version = ServableVersion(model.config.name, number, path)
                 model.versions[number] = version
-                self._schedule_load(version)
+                self._schedule_load(version, model.config.base_path)
             newest_ready = any(
                 v.state == VersionState.AVAILABLE and v.version in aspired
                 for v in model.versions.values()
@@ -157,18 +173,23 @@ class ModelManager:
                     self._schedule_unload(version)
             self._publish_states(model)
 
-    def _schedule_load(self, version: ServableVersion) -> None:
-        task = asyncio.get_running_loop().create_task(self._load_version(version))
+    def _schedule_load(self, version: ServableVersion, base_path: Path) -> None:
+        task = asyncio.get_running_loop().create_task(self._load_version(version, base_path))
         self._loading.add(task)
         task.add_done_callback(self._loading.discard)
 
-    async def _load_version(self, version: ServableVersion) -> None:
+    async def _load_version(self, version: ServableVersion, base_path: Path) -> None:
         version.state = VersionState.LOADING
         version.fingerprint = fingerprint(version.path)
         loop = asyncio.get_running_loop()
         log.info("loading %s version %d from %s", version.model, version.version, version.path)
+
+        def load() -> Runtime:
+            check_tree(version.path, base_path)  # no symlink out of the base path
+            return self._load(version.path)
+
         try:
-            runtime = await loop.run_in_executor(self._loader, self._load, version.path)
+            runtime = await loop.run_in_executor(self._loader, load)
             version.runtime = runtime
             if self._warmup is not None:
                 warmup_file = version.path / WARMUP_RELATIVE_PATH

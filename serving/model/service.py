@@ -114,6 +114,9 @@ class PredictionService:
         except TimeoutError:
             code = "DEADLINE_EXCEEDED"
             raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client went away
+            raise
         finally:
             if servable is not None:
                 servable.release()
@@ -158,8 +161,8 @@ class PredictionService:
                 outputs = await _bounded(
                     loop.run_in_executor(self._executor, run, inputs), timeout_s
                 )
-        except ServingError:
-            raise
+        except (ServingError, TimeoutError):
+            raise  # TimeoutError is the request deadline (DEADLINE_EXCEEDED), not a fault
         except Exception as exc:
             raise internal(f"the {runtime.kind} runtime failed: {exc}") from exc
         check_outputs(signature, outputs, rows)

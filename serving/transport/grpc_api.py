@@ -189,9 +189,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         async def call() -> model_management_pb2.ReloadConfigResponse:
             try:
                 configs = from_proto(request.config)
+                # Refused, changing nothing, when a base path is outside the allowed roots.
+                await self._service.manager.apply_config(configs, wait=True)
             except ConfigError as exc:
                 raise invalid_argument(f"invalid model config: {exc}") from exc
-            await self._service.manager.apply_config(configs, wait=True)
             return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
 
         return await _guard(context, call)

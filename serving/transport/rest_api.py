@@ -37,6 +37,7 @@ _STATUS_PATH = re.compile(
 )
 METRICS_PATH = "/monitoring/prometheus/metrics"
 OFFLOAD_BYTES = 64 * 1024
+_INT64_MAX = 2**63 - 1
 _JSON = "application/json"
 
 
@@ -52,6 +53,15 @@ def parse_json(body: bytes) -> Any:
         raise invalid_argument("JSON Parse error: nesting too deep") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise invalid_argument(f"JSON Parse error: {exc}") from None
+
+
+def _version_number(text: str) -> int:
+    """A URL's version as TF Serving reads it (an int64); 400 otherwise. ``int()`` alone would
+    accept non-ASCII digits and raise ValueError past 4300 digits (a 500)."""
+    if not (text.isascii() and len(text) <= 19 and int(text) <= _INT64_MAX):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise invalid_argument(f"Failed to convert version: {shown} to numeric.")
+    return int(text)
 
 
 def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
@@ -215,7 +225,7 @@ class RestApi:
     @staticmethod
     def _ref(match: re.Match[str], signature_name: str = "") -> ModelRef:
         name, version, label = match.group(1), match.group(2), match.group(3)
-        return ModelRef(name, int(version) if version else None, label, signature_name)
+        return ModelRef(name, _version_number(version) if version else None, label, signature_name)
 
     async def _predict(self, request: web.Request, match: re.Match[str]) -> web.Response:
         verb = match.group(4).lower()
