@@ -177,6 +177,23 @@ def _ips(row: Row | None) -> float | None:
     return _num(row["images_per_s"]) if row else None
 
 
+def _best_images_per_s(
+    index: Index, runtime: str, device: str, model: str, protocol: str, batch: int
+) -> float | None:
+    """Images/s of one (runtime, device, model, protocol, batch): the in-process figure, or the
+    best served figure over the concurrency levels measured."""
+    if protocol == IN_PROCESS_PROTOCOL:
+        return _ips(index.get((runtime, device), model, protocol, batch, 1))
+    found = [
+        _ips(index.get((runtime, device), model, protocol, batch, concurrency))
+        for concurrency in index.values(
+            "concurrency", runtime=runtime, device=device, protocol=protocol, batch_size=batch
+        )
+    ]
+    valid = [v for v in found if v is not None]
+    return max(valid) if valid else None
+
+
 @dataclass(frozen=True)
 class Speedup:
     """Measured speedups of one (runtime, device, batch size) against the MACs ratio."""
@@ -693,23 +710,8 @@ def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
             for model in (STANDARD, SEPARABLE):
                 xs, ys = [], []
                 for batch in index.values("batch_size", runtime=runtime, device=device):
-                    if column == "in-process":
-                        value = _ips(
-                            index.get((runtime, device), model, IN_PROCESS_PROTOCOL, batch, 1)
-                        )
-                    else:
-                        candidates = [
-                            _ips(index.get((runtime, device), model, column, batch, c))
-                            for c in index.values(
-                                "concurrency",
-                                runtime=runtime,
-                                device=device,
-                                protocol=column,
-                                batch_size=batch,
-                            )
-                        ]
-                        valid = [v for v in candidates if v is not None]
-                        value = max(valid) if valid else None
+                    protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
+                    value = _best_images_per_s(index, runtime, device, model, protocol, batch)
                     if value is not None:
                         xs.append(batch)
                         ys.append(value)
@@ -919,21 +921,7 @@ def _pivot_throughput(index: Index) -> list[str]:
             for model in (STANDARD, SEPARABLE):
                 cells = []
                 for batch in batches:
-                    if protocol == IN_PROCESS_PROTOCOL:
-                        value = _ips(index.get((runtime, device), model, protocol, batch, 1))
-                    else:
-                        found = [
-                            _ips(index.get((runtime, device), model, protocol, batch, c))
-                            for c in index.values(
-                                "concurrency",
-                                runtime=runtime,
-                                device=device,
-                                protocol=protocol,
-                                batch_size=batch,
-                            )
-                        ]
-                        valid = [v for v in found if v is not None]
-                        value = max(valid) if valid else None
+                    value = _best_images_per_s(index, runtime, device, model, protocol, batch)
                     cells.append(fmt_rate(value))
                 if all(c == "—" for c in cells):
                     continue
