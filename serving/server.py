@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from aiohttp import web
 
 from serving.errors import ServingError
 from serving.model.config import ConfigError, ModelConfig, load_config_file
@@ -202,6 +203,57 @@ class Server:
             flag = "--model_config_file" if settings.model_config_file else "--model_base_path"
             raise StartupError(f"{flag}: {exc}") from exc
 
+        # A lone server (or worker 0) listens first so health answers NOT_SERVING while models
+        # load, as TF Serving's does; the other --workers listen only once loaded, because the
+        # kernel spreads new connections over every process bound to the shared ports.
+        listen_first = settings.worker_index == 0
+        self.manager.on_change = lambda: self._spawn(self._refresh_health())
+        if listen_first:
+            grpc_server, rest_runner = await self._listen()
+        try:
+            await self._load_initial(configs)
+        except StartupError:
+            if listen_first:
+                await self._stop_listening(grpc_server, rest_runner, grace=0)
+            raise
+        self._started = True
+        if not listen_first:
+            grpc_server, rest_runner = await self._listen()
+        await self._refresh_health()
+        log.info(
+            "serving %s with the %s runtime", ", ".join(self.manager.model_names), settings.runtime
+        )
+        if settings.file_system_poll_wait_seconds > 0:
+            self._spawn(self._poll_files(settings.file_system_poll_wait_seconds))
+        if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
+            self._spawn(
+                self._poll_config(
+                    settings.model_config_file, settings.model_config_file_poll_wait_seconds
+                )
+            )
+
+        await self._stop.wait()
+        # Drain: health flips first (load balancers stop routing), then no new RPCs are taken
+        # while in-flight ones finish within the grace period.
+        log.info("shutting down: draining in-flight requests")
+        self._shutting_down = True
+        await self._refresh_health()
+        for task in list(self._background):
+            task.cancel()
+        grace = settings.shutdown_grace_seconds
+        await self._stop_listening(grpc_server, rest_runner, grace)
+        with suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.manager.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._batch_executor is not None:
+            self._batch_executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+        return 0
+
+    async def _listen(self) -> tuple[grpc.aio.Server, web.AppRunner | None]:
+        """Bind and start the gRPC server and (unless disabled) the REST server."""
+        settings = self.settings
         grpc_server = build_server(
             self.service,
             self.health,
@@ -232,55 +284,29 @@ class Server:
                     f"--rest_api_port: cannot listen on {settings.host}:{settings.rest_api_port}: "
                     f"{exc.strerror}"
                 ) from exc
-
-        self.manager.on_change = lambda: self._spawn(self._refresh_health())
-        await self.manager.apply_config(configs, wait=True)
-        missing = [name for name in self.manager.model_names if not self.manager.is_available(name)]
-        if missing:
-            await grpc_server.stop(0)
-            if rest_runner is not None:
-                await rest_runner.cleanup()
-            details = "; ".join(self._load_errors(name) for name in missing)
-            raise StartupError(f"no version could be loaded for {', '.join(missing)}: {details}")
-        self._started = True
-        await self._refresh_health()
         log.info(
-            "serving %s with the %s runtime: gRPC %s, REST %s",
-            ", ".join(self.manager.model_names),
-            settings.runtime,
+            "listening: gRPC %s, REST %s",
             address,
             f"{settings.host}:{settings.rest_api_port}" if rest_runner else "off",
         )
-        if settings.file_system_poll_wait_seconds > 0:
-            self._spawn(self._poll_files(settings.file_system_poll_wait_seconds))
-        if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
-            self._spawn(
-                self._poll_config(
-                    settings.model_config_file, settings.model_config_file_poll_wait_seconds
-                )
-            )
+        return grpc_server, rest_runner
 
-        await self._stop.wait()
-        # Drain: health flips first (load balancers stop routing), then no new RPCs are taken
-        # while in-flight ones finish within the grace period.
-        log.info("shutting down: draining in-flight requests")
-        self._shutting_down = True
-        await self._refresh_health()
-        for task in list(self._background):
-            task.cancel()
-        grace = settings.shutdown_grace_seconds
+    @staticmethod
+    async def _stop_listening(
+        grpc_server: grpc.aio.Server, rest_runner: web.AppRunner | None, grace: float
+    ) -> None:
         stops = [grpc_server.stop(grace)]
         if rest_runner is not None:
             stops.append(rest_runner.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
-        with suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self.manager.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._batch_executor is not None:
-            self._batch_executor.shutdown(wait=False, cancel_futures=True)
-        log.info("stopped")
-        return 0
+
+    async def _load_initial(self, configs: list[ModelConfig]) -> None:
+        """Load the start-up configuration; StartupError when a model has no loadable version."""
+        await self.manager.apply_config(configs, wait=True)
+        missing = [name for name in self.manager.model_names if not self.manager.is_available(name)]
+        if missing:
+            details = "; ".join(self._load_errors(name) for name in missing)
+            raise StartupError(f"no version could be loaded for {', '.join(missing)}: {details}")
 
     def _load_errors(self, name: str) -> str:
         model = self.manager.model(name)

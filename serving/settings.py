@@ -78,6 +78,9 @@ class Settings(BaseModel):
     runtime: Literal["onnx", "tensorflow", "torch"] = "onnx"
     device: Literal["cpu", "cuda"] = "cpu"
     workers: int = Field(1, ge=1, le=256)
+    # Set by --workers for its children: only worker 0 listens before its models are loaded, so
+    # the kernel never hands a connection to a worker that cannot answer it yet.
+    worker_index: int = Field(0, ge=0)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     request_timeout_seconds: float = Field(30.0, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
@@ -165,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--device", default="cpu", help="cpu or cuda (ours)")
     add("--workers", type=int, default=1, help="server processes sharing the ports (ours)")
+    add("--worker_index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
     add(
         "--max_request_bytes",
         type=int,
@@ -319,6 +323,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         "runtime": args.runtime,
         "device": args.device,
         "workers": args.workers,
+        "worker_index": args.worker_index,
         "max_request_bytes": args.max_request_bytes,
         "request_timeout_seconds": args.request_timeout_seconds,
         "shutdown_grace_seconds": args.shutdown_grace_seconds,

@@ -29,7 +29,7 @@ def worker_argv(argv: list[str]) -> list[str]:
         if arg == "--workers":
             skip = True
             continue
-        if arg.startswith("--workers="):
+        if arg.startswith(("--workers=", "--worker_index=")):
             continue
         cleaned.append(arg)
     return [*cleaned, "--workers=1"]
@@ -40,9 +40,7 @@ def run_workers(argv: list[str], count: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="serving-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     command = [sys.executable, "-m", "serving", *worker_argv(argv)]
-    children = [
-        subprocess.Popen(command, env={**env, "SERVING_WORKER_INDEX": str(i)}) for i in range(count)
-    ]
+    children = [subprocess.Popen([*command, f"--worker_index={i}"], env=env) for i in range(count)]
     stopping = False
 
     def forward(signum: int, frame: FrameType | None) -> None:

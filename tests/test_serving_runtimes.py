@@ -57,8 +57,11 @@ def test_workers_share_ports_and_aggregate_metrics(model_repository, mnist):
         for client in clients:
             for _ in range(5):
                 assert client.predict("standard", images).classes.shape == (2,)
-        with ServingClient(f"127.0.0.1:{server.rest_port}", "rest") as rest:
-            assert rest.predict("standard", images).classes.shape == (2,)
+        # Fresh connections right after health said SERVING: the kernel picks a worker for each,
+        # and none may be one still loading its models.
+        for _ in range(20):
+            with ServingClient(f"127.0.0.1:{server.rest_port}", "rest") as rest:
+                assert rest.predict("standard", images).classes.shape == (2,)
         with urllib.request.urlopen(f"{server.rest_url}/monitoring/prometheus/metrics") as reply:
             text = reply.read().decode()
         for client in clients:
@@ -238,3 +241,23 @@ def test_client_cli(onnx_server, mnist, tmp_path):
     assert bad.returncode == 1 and "not an image" in bad.stderr
     down = cli("--target", f"127.0.0.1:{free_port()}", "--timeout", "2", "--mnist", "0")
     assert down.returncode == 1 and "cannot reach the server" in down.stderr
+
+
+@pytest.mark.parametrize(("worker_index", "listens_first"), [(0, True), (1, False)])
+def test_only_the_first_worker_listens_before_its_models_are_loaded(
+    model_repository, mnist, tmp_path, worker_index, listens_first
+):
+    # SO_REUSEPORT hands each new connection to any bound process: a second worker bound while
+    # still loading would answer "no version is available" (seen in CI before this rule).
+    log_path = tmp_path / "server.log"
+    server = ServerProcess(
+        model_repository / "models.config", [f"--worker_index={worker_index}"], log_path=log_path
+    )
+    with server, ServingClient(server.grpc_target) as client:
+        assert client.predict("standard", _images(mnist, 1)).classes.shape == (1,)
+    lines = log_path.read_text().splitlines()
+    listening = next(i for i, line in enumerate(lines) if "listening: gRPC" in line)
+    available = [i for i, line in enumerate(lines) if "is AVAILABLE" in line]
+    assert len(available) == 2
+    assert (listening < min(available)) is listens_first
+    assert listening > max(available) or listens_first
