@@ -2,7 +2,8 @@
 # The GPU run (loadtest/gpu/README.md): in one call on the GPU machine, install the wheel bundle
 # built by `make gpu-bundle`, check the environment, benchmark the torch runtime in-process against
 # native PyTorch, sweep the torch runtime on CUDA and the ONNX runtime on the machine's CPU cores
-# with Locust, compare the two sweeps, and leave the reports under $OUT.
+# with Locust, compare the two sweeps, measure --workers scaling on the CPU cores, and leave the
+# reports under $OUT.
 #
 #   bash loadtest/gpu/run.sh                       # on the GPU machine (carry .whl)
 #   DEVICE=cpu PYTHON=.venv/bin/python INSTALL=0 BATCH_SIZES=1 CONCURRENCY=1 PROTOCOLS=grpc \
@@ -24,7 +25,7 @@ INSTALL=${INSTALL:-1}               # 1: install $BUNDLE/*.whl into $SITE (GPU m
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-$REPO/reports/gpu-out}
 WORK=${WORK:-$(mktemp -d /tmp/gpu-run.XXXXXX)}
-TIME_BUDGET_S=${TIME_BUDGET_S:-470}  # the issue's bar: at most 8 minutes on the GPU machine
+TIME_BUDGET_S=${TIME_BUDGET_S:-540}  # 9 minutes: the GPU part (issue's bar: 8) + workers scaling
 SWEEPS=${SWEEPS:-"torch:$DEVICE onnx:cpu"}  # runtime:device pairs, one sweep each, in order
 MODELS=${MODELS:-standard,separable}
 BATCH_SIZES=${BATCH_SIZES:-1,32,256}
@@ -35,6 +36,13 @@ WARMUP=${WARMUP:-1}
 PROCESSES=${PROCESSES:-}            # Locust workers per cell (default: the sweep's choice)
 SWEEP_RESERVE_S=${SWEEP_RESERVE_S:-160}  # kept back for each later sweep
 BENCH=${BENCH:-1}
+# Issue #3's many-core check, after the sweeps: --workers N scaling of the ONNX runtime on the
+# machine's CPU cores (empty: skip).
+WORKER_COUNTS=${WORKER_COUNTS-1,2,4,8}
+WORKERS_DURATION=${WORKERS_DURATION:-4}
+WORKERS_CLIENTS=${WORKERS_CLIENTS:-8}
+WORKERS_RESERVE_S=0
+[[ -n $WORKER_COUNTS ]] && WORKERS_RESERVE_S=${WORKERS_TIME_S:-90}
 BENCH_SECONDS=${BENCH_SECONDS:-1.0}
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-120}
 if [[ $DEVICE == cuda ]]; then
@@ -73,6 +81,7 @@ collect() {
     fi
     say "collecting into $OUT"
     [[ -f $WORK/bench.txt ]] && cp "$WORK/bench.txt" "$OUT/"
+    [[ -f $WORK/workers.txt ]] && cp "$WORK/workers.txt" "$OUT/"
     [[ -f $WORK/machine.txt ]] && cp "$WORK/machine.txt" "$OUT/"
     for report in "$WORK"/reports/*/report.md; do
         [[ -f $report ]] && cp "$report" "$OUT/report-$(basename "$(dirname "$report")").md"
@@ -222,7 +231,7 @@ fi
 
 # 3. In-process: torch runtime vs native PyTorch (and ONNX Runtime), same process.
 if [[ $BENCH == 1 ]]; then
-    limit=$(($(left) - SWEEP_RESERVE_S * $(wc -w <<<"$SWEEPS")))
+    limit=$(($(left) - SWEEP_RESERVE_S * $(wc -w <<<"$SWEEPS") - WORKERS_RESERVE_S))
     ((limit > BENCH_TIMEOUT_S)) && limit=$BENCH_TIMEOUT_S
     step "$limit" "benchmark" "$PYTHON" -m benchmarks.torch_runtime --device "$DEVICE" \
         --models-dir "$WORK/models" --models "$MODELS" --batches "$BENCH_BATCHES" \
@@ -236,7 +245,7 @@ for i in "${!pairs[@]}"; do
     runtime=${pairs[$i]%%:*}
     device=${pairs[$i]##*:}
     later=$((${#pairs[@]} - i - 1))
-    limit=$(($(left) - SWEEP_RESERVE_S * later - 15))
+    limit=$(($(left) - SWEEP_RESERVE_S * later - 15 - WORKERS_RESERVE_S))
     run_id="$runtime-$device"
     extra=()
     [[ -n $PROCESSES ]] && extra+=(--processes "$PROCESSES")
@@ -251,5 +260,13 @@ done
 if ((${#runs[@]} >= 2)); then
     step "$(($(left) > 60 ? 60 : $(left)))" "compare" "$PYTHON" -m loadtest.report \
         --compare "${runs[0]}" "${runs[1]}" --output "$WORK/reports/compare"
+fi
+
+# 6. --workers scaling on the CPU cores (ONNX runtime), with whatever time is left.
+if [[ -n $WORKER_COUNTS ]]; then
+    limit=$(($(left) - 5))
+    step "$limit" "workers scaling" "$PYTHON" -m benchmarks.serving --models-dir "$WORK/models" \
+        --only workers --worker-counts "$WORKER_COUNTS" --duration "$WORKERS_DURATION" \
+        --client-processes "$WORKERS_CLIENTS" --json "$WORK/workers.json" | tee "$WORK/workers.txt"
 fi
 exit 0
