@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--worker-concurrency", type=int, default=0, help="default: 16 x most workers")
     p.add_argument("--client-processes", type=int, default=2, help="load-generator processes")
+    p.add_argument("--worker-runtime", default="onnx", help="--runtime of the workers measurement")
+    p.add_argument("--worker-device", default="cpu", help="--device of the workers measurement")
     args = p.parse_args(argv)
     config = (args.models_dir / "models.config").resolve()
     if not config.is_file():
@@ -320,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         # 32-image request mix, so both the per-request Python cost and the inference scale.
         counts = [int(c) for c in args.worker_counts.split(",")]
         concurrency = args.worker_concurrency or 16 * max(counts)
-        figures["workers"] = {}
+        figures["workers"] = {"runtime": args.worker_runtime, "device": args.worker_device}
         for batch in (1, 32):
             by_count: dict[int, dict[str, float]] = {}
             for count in counts:
-                flags = ["--runtime=onnx", f"--workers={count}"]
-                flags.append("--tensorflow_intra_op_parallelism=1")
+                flags = [f"--runtime={args.worker_runtime}", f"--device={args.worker_device}"]
+                flags += [f"--workers={count}", "--tensorflow_intra_op_parallelism=1"]
                 with ServerProcess(config, flags) as server:
                     by_count[count] = drive(
                         "grpc",
@@ -343,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             for count, r in by_count.items():
                 add(
-                    f"--workers {count}, {batch}-image requests, c{concurrency}",
+                    f"{args.worker_runtime}/{args.worker_device} --workers {count}, "
+                    f"{batch}-image requests, c{concurrency}",
                     f"{r['images_per_s']:.0f} img/s = {r['images_per_s'] / base:.2f}x "
                     f"({r['images_per_s'] / base / count:.2f}xN)",
                     ">= 0.7 x N",

@@ -1160,8 +1160,18 @@ def _row_key(r: Row) -> tuple[Any, ...]:
     return (r["runtime"], r["model"], r["protocol"], r["mode"], r["batch_size"], r["concurrency"])
 
 
-def compare(run_a: Path, run_b: Path, output: Path | None = None) -> Path:
-    """Write a side-by-side comparison of two runs; returns the path of ``compare.md``."""
+def compare(
+    run_a: Path,
+    run_b: Path,
+    output: Path | None = None,
+    pair_runtimes: dict[str, str] | None = None,
+) -> Path:
+    """Write a side-by-side comparison of two runs; returns the path of ``compare.md``.
+
+    ``pair_runtimes`` ({runtime in A: runtime in B}) lines up cells of different runtimes in the
+    per-cell table, e.g. ONNX Runtime on a CPU machine against the torch runtime on a GPU.
+    """
+    pairs = pair_runtimes or {}
     a, b = load_run(run_a), load_run(run_b)
     output = output or run_a.parent / f"compare-{a.name}-vs-{b.name}"
     output.mkdir(parents=True, exist_ok=True)
@@ -1230,16 +1240,24 @@ def compare(run_a: Path, run_b: Path, output: Path | None = None) -> Path:
     if plot:
         lines += ["", f"![speedup A vs B]({PLOTS_DIR}/{plot.name})", ""]
 
+    # B's cells keyed under the A runtime they are paired with.
+    b_to_a = {runtime_b: runtime_a for runtime_a, runtime_b in pairs.items()}
     rows_a = {_row_key(r): r for r in a.rows}
-    rows_b = {_row_key(r): r for r in b.rows}
+    rows_b = {(b_to_a.get(r["runtime"], r["runtime"]), *_row_key(r)[1:]): r for r in b.rows}
     lines += ["## Per cell", "", "B ÷ A above 1 means B is faster (images/s).", ""]
+    if pairs:
+        paired = ", ".join(f"{ra} in A with {rb} in B" for ra, rb in pairs.items())
+        lines += [f"Runtimes paired: {paired} (shown as `A / B`).", ""]
     body = []
     for cell_key in sorted(set(rows_a) | set(rows_b), key=lambda k: tuple(str(x) for x in k)):
         ra, rb = rows_a.get(cell_key), rows_b.get(cell_key)
         gain = _ratio(_ips(rb), _ips(ra))
+        runtime = str(cell_key[0])
+        if runtime in pairs:
+            runtime = f"{runtime} / {pairs[runtime]}"
         body.append(
             [
-                str(cell_key[0]),
+                runtime,
                 str(cell_key[1]),
                 protocol_name(str(cell_key[2])),
                 str(cell_key[4]),
@@ -1342,15 +1360,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", nargs="?", type=Path, help="a reports/<run-id> directory")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"))
     parser.add_argument("--output", type=Path, help="where --compare writes (default: next to A)")
+    parser.add_argument(
+        "--pair-runtimes",
+        action="append",
+        default=[],
+        metavar="A=B",
+        help="with --compare: line up runtime A of RUN_A with runtime B of RUN_B per cell "
+        "(e.g. onnx=torch); repeatable",
+    )
     args = parser.parse_args(argv)
     if bool(args.run_dir) == bool(args.compare):
         parser.error("give either RUN_DIR or --compare RUN_A RUN_B")
+    pairs: dict[str, str] = {}
+    for pair in args.pair_runtimes:
+        runtime_a, sep, runtime_b = pair.partition("=")
+        if not (sep and runtime_a and runtime_b) or runtime_a in pairs:
+            parser.error(f"--pair-runtimes {pair!r}: expected A=B, each A once")
+        pairs[runtime_a] = runtime_b
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
     try:
         if args.compare:
-            path = compare(args.compare[0], args.compare[1], args.output)
+            path = compare(args.compare[0], args.compare[1], args.output, pairs)
         else:
             path = render(args.run_dir)
             print_summary(args.run_dir, console)

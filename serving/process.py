@@ -8,10 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -78,6 +80,7 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self._own_log: Any = None
         self.startup_seconds = 0.0
 
     @property
@@ -91,17 +94,28 @@ class ServerProcess:
         return f"http://{self.host}:{self.rest_port}"
 
     def start(self) -> ServerProcess:
-        """Start the server and block until its health check says SERVING."""
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        """Start the server and block until its health check says SERVING.
+
+        A server that exits during start-up raises ``RuntimeError`` quoting the end of its log.
+        """
+        # Without a log path the output still goes to a file: a failed start must say why.
+        if self.log_path is None:
+            self._own_log = tempfile.NamedTemporaryFile(prefix="serving-", suffix=".log")  # noqa: SIM115
+            log_file = Path(self._own_log.name)
+        else:
+            log_file = self.log_path
         start = time.monotonic()
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
+        with open(log_file, "wb") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
         try:
             deadline = start + self.startup_timeout_s
             while True:
                 if self.process.poll() is not None:
+                    lines = log_file.read_text(errors="replace").strip().splitlines()[-15:]
                     raise RuntimeError(
                         f"server exited with {self.process.returncode} during start-up"
-                        + (f"; see {self.log_path}" if self.log_path else "")
+                        + (f" (log: {self.log_path})" if self.log_path else "")
+                        + "".join(f"\n  | {line}" for line in lines)
                     )
                 try:
                     wait_until_serving(self.grpc_target, timeout_s=1.0)
@@ -125,6 +139,7 @@ class ServerProcess:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_log()
         return int(self.process.returncode or 0)
 
     def kill(self) -> None:
@@ -132,6 +147,12 @@ class ServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._own_log is not None:
+            self._own_log.close()  # deletes the temporary log
+            self._own_log = None
 
     def __enter__(self) -> ServerProcess:
         return self.start()

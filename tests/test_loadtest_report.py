@@ -95,6 +95,26 @@ def test_rerender_and_compare_from_the_command_line(run_dir, tmp_path, capsys):
     assert_non_blank_png(out_dir / "plots" / "speedup_compare.png")
 
 
+def test_compare_pairs_different_runtimes_cell_by_cell(run_dir, tmp_path):
+    # B: the onnx cells renamed to another runtime with twice the throughput, as a GPU run of
+    # the torch runtime is compared with ONNX Runtime on a CPU machine.
+    other = tmp_path / "gpu"
+    shutil.copytree(run_dir, other)
+    rows = [dict(r, runtime="torch") for r in read_results(other) if r["runtime"] == "onnx"]
+    for row in rows:
+        row["images_per_s"] *= 2
+    write_results(other, rows)
+    out_dir = tmp_path / "cmp"
+    argv = ["--compare", str(run_dir), str(other), "--output", str(out_dir)]
+    assert report.main([*argv, "--pair-runtimes", "onnx=torch"]) == 0
+    text = (out_dir / "compare.md").read_text()
+    assert "Runtimes paired: onnx in A with torch in B" in text
+    paired = [line for line in text.splitlines() if line.startswith("| onnx / torch |")]
+    assert paired and all("| 2.00x |" in line for line in paired)
+    with pytest.raises(SystemExit):
+        report.main([*argv, "--pair-runtimes", "onnx"])
+
+
 def test_report_cli_rejects_a_directory_without_results(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 1
     assert "no results.json or results.csv" in capsys.readouterr().err

@@ -261,3 +261,15 @@ def test_only_the_first_worker_listens_before_its_models_are_loaded(
     assert len(available) == 2
     assert (listening < min(available)) is listens_first
     assert listening > max(available) or listens_first
+
+
+def test_a_failed_start_quotes_the_server_log(tmp_path):
+    (tmp_path / "empty").mkdir()
+    config = tmp_path / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "empty" base_path: "{tmp_path / "empty"}" '
+        'model_platform: "tensorflow" } }'
+    )
+    with pytest.raises(RuntimeError, match="during start-up") as failure:
+        ServerProcess(config, startup_timeout_s=60).start()
+    assert "no version could be loaded for empty" in str(failure.value)

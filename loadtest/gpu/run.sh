@@ -26,7 +26,7 @@ SITE=${SITE:-/tmp/site}
 OUT=${OUT:-$REPO/reports/gpu-out}
 WORK=${WORK:-$(mktemp -d /tmp/gpu-run.XXXXXX)}
 TIME_BUDGET_S=${TIME_BUDGET_S:-540}  # 9 minutes: the GPU part (issue's bar: 8) + workers scaling
-SWEEPS=${SWEEPS:-"torch:$DEVICE onnx:cpu"}  # runtime:device pairs, one sweep each, in order
+SWEEPS=${SWEEPS-"torch:$DEVICE onnx:cpu"}  # runtime:device pairs, one sweep each, in order
 MODELS=${MODELS:-standard,separable}
 BATCH_SIZES=${BATCH_SIZES:-1,32,256}
 CONCURRENCY=${CONCURRENCY:-1,32}
@@ -36,13 +36,14 @@ WARMUP=${WARMUP:-1}
 PROCESSES=${PROCESSES:-}            # Locust workers per cell (default: the sweep's choice)
 SWEEP_RESERVE_S=${SWEEP_RESERVE_S:-160}  # kept back for each later sweep
 BENCH=${BENCH:-1}
-# Issue #3's many-core check, after the sweeps: --workers N scaling of the ONNX runtime on the
-# machine's CPU cores (empty: skip).
-WORKER_COUNTS=${WORKER_COUNTS-1,2,4,8}
+# Issue #3's many-core check, after the sweeps: --workers N scaling, one measurement per
+# runtime:device pair (default: the ONNX runtime on the machine's CPU cores; empty: skip).
+WORKER_RUNTIMES=${WORKER_RUNTIMES-onnx:cpu}
+WORKER_COUNTS=${WORKER_COUNTS:-1,2,4,8}
 WORKERS_DURATION=${WORKERS_DURATION:-4}
 WORKERS_CLIENTS=${WORKERS_CLIENTS:-8}
 WORKERS_RESERVE_S=0
-[[ -n $WORKER_COUNTS ]] && WORKERS_RESERVE_S=${WORKERS_TIME_S:-90}
+[[ -n $WORKER_RUNTIMES ]] && WORKERS_RESERVE_S=${WORKERS_TIME_S:-90}
 BENCH_SECONDS=${BENCH_SECONDS:-1.0}
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-120}
 if [[ $DEVICE == cuda ]]; then
@@ -81,7 +82,7 @@ collect() {
     fi
     say "collecting into $OUT"
     [[ -f $WORK/bench.txt ]] && cp "$WORK/bench.txt" "$OUT/"
-    [[ -f $WORK/workers.txt ]] && cp "$WORK/workers.txt" "$OUT/"
+    cat "$WORK"/workers-*.txt >"$OUT/workers.txt" 2>/dev/null || rm -f "$OUT/workers.txt"
     [[ -f $WORK/machine.txt ]] && cp "$WORK/machine.txt" "$OUT/"
     for report in "$WORK"/reports/*/report.md; do
         [[ -f $report ]] && cp "$report" "$OUT/report-$(basename "$(dirname "$report")").md"
@@ -137,8 +138,9 @@ PY
     nproc
     free -g | head -2
     grep -m1 'model name' /proc/cpuinfo
+    command -v lscpu >/dev/null && lscpu | grep -E '^(Thread|Core|Socket|CPU\(s\)|NUMA node\(s\))'
     command -v nvidia-smi >/dev/null && nvidia-smi \
-        --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+        --query-gpu=name,memory.total,driver_version,clocks.max.sm,compute_mode --format=csv
     "$PYTHON" - <<'PY'
 import platform
 from importlib import metadata
@@ -164,7 +166,7 @@ PY
 cat "$WORK/machine.txt"
 
 NEED_TORCH=0
-[[ $BENCH == 1 || $SWEEPS == *torch* ]] && NEED_TORCH=1
+[[ $BENCH == 1 || $SWEEPS == *torch* || $WORKER_RUNTIMES == *torch* ]] && NEED_TORCH=1
 "$PYTHON" - "$NEED_TORCH" "$DEVICE" <<'PY' || { say "environment check failed"; exit 2; }
 import sys
 
@@ -262,11 +264,16 @@ if ((${#runs[@]} >= 2)); then
         --compare "${runs[0]}" "${runs[1]}" --output "$WORK/reports/compare"
 fi
 
-# 6. --workers scaling on the CPU cores (ONNX runtime), with whatever time is left.
-if [[ -n $WORKER_COUNTS ]]; then
-    limit=$(($(left) - 5))
-    step "$limit" "workers scaling" "$PYTHON" -m benchmarks.serving --models-dir "$WORK/models" \
-        --only workers --worker-counts "$WORKER_COUNTS" --duration "$WORKERS_DURATION" \
-        --client-processes "$WORKERS_CLIENTS" --json "$WORK/workers.json" | tee "$WORK/workers.txt"
-fi
+# 6. --workers scaling, with whatever time is left, shared out over the pairs.
+read -r -a worker_pairs <<<"$WORKER_RUNTIMES"
+for i in "${!worker_pairs[@]}"; do
+    runtime=${worker_pairs[$i]%%:*}
+    device=${worker_pairs[$i]##*:}
+    limit=$((($(left) - 5) / (${#worker_pairs[@]} - i)))
+    step "$limit" "workers scaling $runtime-$device" "$PYTHON" -m benchmarks.serving \
+        --models-dir "$WORK/models" --only workers --worker-counts "$WORKER_COUNTS" \
+        --worker-runtime "$runtime" --worker-device "$device" --duration "$WORKERS_DURATION" \
+        --client-processes "$WORKERS_CLIENTS" --json "$WORK/workers-$runtime-$device.json" |
+        tee "$WORK/workers-$runtime-$device.txt"
+done
 exit 0
