@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -330,3 +331,39 @@ def test_cuda_graphs_match_eager_and_onnxruntime(exported_repository, images):
                 np.testing.assert_array_equal(got["classes"], want["classes"])
         finally:
             runtime.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_versions_load_and_unload_concurrently_while_requests_run(exported_repository, images):
+    # A server loads versions on several threads at once and serves while it does: captures
+    # must not overlap (the GPU machine showed "operation not permitted when stream is
+    # capturing" when they did), and requests must keep working during a capture.
+    options = RuntimeOptions(device="cuda", batch_sizes_hint=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    serving = load_runtime("torch", exported_repository / "standard" / "1", options)
+    retiring = load_runtime("torch", exported_repository / "separable" / "1", options)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def requests() -> None:
+        while not stop.is_set():
+            for batch in (1, 3, 32):  # graph replays and eager runs
+                try:
+                    serving.predict(SIGNATURE_NAME, {INPUT_NAME: images[:batch]})
+                except BaseException as exc:  # noqa: BLE001 - collected for the assert
+                    failures.append(exc)
+
+    with ThreadPoolExecutor(4) as pool:
+        traffic = pool.submit(requests)
+        loads = [
+            pool.submit(load_runtime, "torch", exported_repository / name / "1", options)
+            for name in MODEL_NAMES
+        ]
+        retiring.close()
+        loaded = [future.result() for future in loads]
+        stop.set()
+        traffic.result()
+    assert not failures
+    for runtime in loaded:
+        assert runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images[:1]})["classes"].shape == (1,)
+        runtime.close()
+    serving.close()

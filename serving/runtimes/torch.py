@@ -50,6 +50,14 @@ def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value.name, np.dtype(_ONNX_TYPES[elem_type]), shape, tensor_name=value.name)
 
 
+# Graph capture (torch.cuda.graph synchronizes the device and empties the allocator's cache on
+# entry) and device-wide calls must not overlap a capture on another thread: two versions loading
+# at once, or one unloading while another loads, broke captures on the GPU machine ("operation
+# not permitted when stream is capturing"). Requests are not serialized by it: they replay
+# graphs on their own non-blocking streams or run eagerly, neither of which disturbs a capture.
+_CUDA_DEVICE_LOCK = threading.Lock()
+
+
 class _CudaGraph:
     """One fixed batch size captured as a CUDA graph, with pinned host buffers for its copies.
 
@@ -57,6 +65,10 @@ class _CudaGraph:
     """
 
     def __init__(self, module: nn.Module, examples: Sequence[torch.Tensor]) -> None:
+        with _CUDA_DEVICE_LOCK:
+            self._capture(module, examples)
+
+    def _capture(self, module: nn.Module, examples: Sequence[torch.Tensor]) -> None:
         self.lock = threading.Lock()
         self.stream = torch.cuda.Stream()
         self.static_inputs = [torch.empty_like(e) for e in examples]
@@ -159,8 +171,9 @@ class TorchExecutor:
         """Free the captured graphs and, on CUDA, the cached device memory."""
         self.graphs.clear()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
+            with _CUDA_DEVICE_LOCK:
+                torch.cuda.synchronize(self.device)
+                torch.cuda.empty_cache()
 
 
 def _to_channels_last(module: nn.Module) -> None:
