@@ -34,8 +34,11 @@ _DTYPES: dict[int, tuple[np.dtype, str]] = {
 _DTYPE_ENUM: dict[np.dtype, int] = {dtype: enum for enum, (dtype, _) in _DTYPES.items()}
 _DTYPE_ENUM[np.dtype(np.int32)] = types_pb2.DT_INT32
 _DTYPE_ENUM[np.dtype(np.uint8)] = types_pb2.DT_UINT8
-_TYPED_FIELD_SET = frozenset(
-    name for name in tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name if name.endswith("_val")
+# The repeated value fields (float_val, int_val, string_val...), in field-number order.
+_TYPED_FIELDS = tuple(
+    field.name
+    for field in sorted(tensor_pb2.TensorProto.DESCRIPTOR.fields, key=lambda f: f.number)
+    if field.name.endswith("_val")
 )
 
 
@@ -103,8 +106,9 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
     dims = shape_of(proto, name, max_bytes)
     elements = math.prod(dims)
     content = proto.tensor_content
-    # ListFields (one C call) names the populated fields; the value fields are the typed ones.
-    typed_fields = [f.name for f, _ in proto.ListFields() if f.name in _TYPED_FIELD_SET]
+    # len() of a repeated field reads its size without copying anything; ListFields would copy
+    # tensor_content (a 256-image request: 800 KB, ~0.5 ms with page faults) just to name it.
+    typed_fields = [field for field in _TYPED_FIELDS if len(getattr(proto, field))]
     if content:
         if typed_fields:
             raise invalid_argument(

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import orjson
 from aiohttp import web
 from google.protobuf import json_format
 
@@ -45,14 +46,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
-def parse_json(body: bytes) -> Any:
-    """Strict JSON: NaN/Infinity literals, invalid UTF-8 and absurd nesting are 400s."""
+def _describe_json_error(body: bytes, fallback: str) -> str:
+    """The standard library's account of what is wrong (it names NaN, Infinity, the bad byte);
+    orjson's where only orjson refuses (lone surrogates, numbers beyond float64)."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
-        raise invalid_argument("JSON Parse error: nesting too deep") from None
+        return "nesting too deep"
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise invalid_argument(f"JSON Parse error: {exc}") from None
+        return str(exc)
+    return fallback
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON (orjson): NaN/Infinity literals, numbers beyond float64, invalid UTF-8, lone
+    surrogates and nesting deeper than 1024 are 400s.
+
+    orjson rather than the standard library: a 1-image body (784 numbers) decodes in ~70 µs
+    instead of ~370 µs, the largest single cost of a small REST request.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = _describe_json_error(body, str(exc))
+        raise invalid_argument(f"JSON Parse error: {reason}") from None
 
 
 def _version_number(text: str) -> int:
@@ -154,7 +171,7 @@ def response_body(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[s
 
 
 def _encode(body: Any) -> bytes:
-    return json.dumps(body).encode()
+    return orjson.dumps(body)
 
 
 def _json_response(body: Any, status: int = 200) -> web.Response:
