@@ -2,16 +2,20 @@
 TF Serving ``Predict`` for one model (decode ``tensor_content``, run ONNX Runtime inline, encode
 ``float_val``/``int64_val``), with none of the model server's checks, metrics or features.
 
-    python -m benchmarks.minimal_server MODEL_ONNX PORT [--noop]
+    python -m benchmarks.minimal_server MODEL_ONNX PORT [--noop] [--sync]
 
 ``--noop`` answers an empty ``PredictResponse`` without running the model: the floor of the
-transport itself.
+transport itself. ``--sync`` uses grpcio's thread-pool server instead of grpc.aio (the other
+server design Python gRPC offers).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,15 +24,12 @@ import onnxruntime as ort
 from contract.protos import predict_pb2
 
 
-async def serve(model_path: str, port: int, noop: bool) -> None:
-    """Serve until killed."""
+def _predictor(model_path: str, noop: bool) -> Callable[..., predict_pb2.PredictResponse]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
 
-    async def predict(
-        request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> predict_pb2.PredictResponse:
+    def predict(request: predict_pb2.PredictRequest, context: Any) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
         if noop:
             return response
@@ -48,8 +49,11 @@ async def serve(model_path: str, port: int, noop: bool) -> None:
             getattr(out, field).extend(array.ravel().tolist())
         return response
 
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
+    return predict
+
+
+def _handler(predict: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
         "tensorflow.serving.PredictionService",
         {
             "Predict": grpc.unary_unary_rpc_method_handler(
@@ -59,10 +63,31 @@ async def serve(model_path: str, port: int, noop: bool) -> None:
             )
         },
     )
-    server.add_generic_rpc_handlers((handler,))
+
+
+async def serve(model_path: str, port: int, noop: bool) -> None:
+    """Serve with grpc.aio until killed (the model runs inline on the event loop)."""
+    predict = _predictor(model_path, noop)
+
+    async def predict_async(
+        request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        return predict(request, context)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_handler(predict_async),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+def serve_sync(model_path: str, port: int, noop: bool) -> None:
+    """Serve with grpcio's thread-pool server until killed."""
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((_handler(_predictor(model_path, noop)),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 def main() -> None:
@@ -71,8 +96,12 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("port", type=int)
     parser.add_argument("--noop", action="store_true")
+    parser.add_argument("--sync", action="store_true")
     args = parser.parse_args()
-    asyncio.run(serve(args.model, args.port, args.noop))
+    if args.sync:
+        serve_sync(args.model, args.port, args.noop)
+    else:
+        asyncio.run(serve(args.model, args.port, args.noop))
 
 
 if __name__ == "__main__":
