@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -80,7 +80,7 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
-        self._own_log: Any = None
+        self._own_log: IO[bytes] | None = None
         self.startup_seconds = 0.0
 
     @property
