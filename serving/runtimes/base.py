@@ -56,6 +56,13 @@ class Runtime(abc.ABC):
         self.version_dir = version_dir
         self.options = options
 
+    def model_file(self, filename: str) -> Path:
+        """``filename`` in the version directory; ``RuntimeLoadError`` when it is missing."""
+        path = self.version_dir / filename
+        if not path.is_file():
+            raise RuntimeLoadError(f"{path} not found")
+        return path
+
     @property
     @abc.abstractmethod
     def signatures(self) -> Mapping[str, Signature]:

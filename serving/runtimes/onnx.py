@@ -42,9 +42,7 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, version_dir: Path, options: RuntimeOptions) -> None:
         super().__init__(version_dir, options)
-        path = version_dir / ONNX_FILENAME
-        if not path.is_file():
-            raise RuntimeLoadError(f"{path} not found")
+        path = self.model_file(ONNX_FILENAME)
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if options.device == "cuda":

@@ -56,8 +56,7 @@ class TensorFlowRuntime(Runtime):
 
     def __init__(self, version_dir: Path, options: RuntimeOptions) -> None:
         super().__init__(version_dir, options)
-        if not (version_dir / SAVED_MODEL_FILENAME).is_file():
-            raise RuntimeLoadError(f"{version_dir / SAVED_MODEL_FILENAME} not found")
+        self.model_file(SAVED_MODEL_FILENAME)
         _configure_threads(options)
         tf = import_real_tensorflow()
 

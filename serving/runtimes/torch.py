@@ -217,9 +217,7 @@ class TorchRuntime(Runtime):
 
     def __init__(self, version_dir: Path, options: RuntimeOptions) -> None:
         super().__init__(version_dir, options)
-        path = version_dir / ONNX_FILENAME
-        if not path.is_file():
-            raise RuntimeLoadError(f"{path} not found")
+        path = self.model_file(ONNX_FILENAME)
         device = resolve_device(options.device)
         if options.intra_op_threads > 0:
             torch.set_num_threads(options.intra_op_threads)  # process-wide, like the server's flag
