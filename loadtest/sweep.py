@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -560,20 +560,30 @@ def run_cell(
         "mode": "served",
         "batch_size": cell.batch_size,
         "concurrency": cell.concurrency,
-        "requests_per_s": entry["requests_per_s"],
-        "images_per_s": entry["images_per_s"],
-        "p50_ms": entry["p50_ms"],
-        "p90_ms": entry["p90_ms"],
-        "p99_ms": entry["p99_ms"],
-        "p999_ms": entry["p999_ms"],
-        "max_ms": entry["max_ms"],
+        **_measured_columns(entry),
         "errors": entry["failures"],
-        "accuracy": entry["accuracy"],
         "generator_cpu": generator_cpu if generator_cpu is not None else nan,
         "server_cpu": server_cpu if server_cpu is not None else nan,
     }
     details["requests"] = entry["requests"]
     return CellOutcome(row, details)
+
+
+# The result columns a Locust cell's summary and an in-process measurement both report.
+_MEASURED_COLUMNS = (
+    "requests_per_s",
+    "images_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "accuracy",
+)
+
+
+def _measured_columns(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {column: entry[column] for column in _MEASURED_COLUMNS}
 
 
 def run_in_process(
@@ -626,15 +636,8 @@ def run_in_process(
             "mode": "in-process",
             "batch_size": entry["batch_size"],
             "concurrency": 1,
-            "requests_per_s": entry["requests_per_s"],
-            "images_per_s": entry["images_per_s"],
-            "p50_ms": entry["p50_ms"],
-            "p90_ms": entry["p90_ms"],
-            "p99_ms": entry["p99_ms"],
-            "p999_ms": entry["p999_ms"],
-            "max_ms": entry["max_ms"],
+            **_measured_columns(entry),
             "errors": 0,
-            "accuracy": entry["accuracy"],
             "generator_cpu": math.nan,
             "server_cpu": entry["cpu_percent"],
         }
