@@ -65,6 +65,18 @@ def model_repository(tmp_path, exported_repository) -> Path:
 
 
 @pytest.fixture(scope="module")
+def onnx_reference(exported_repository) -> dict:
+    """Each exported model run in-process by ONNX Runtime: what a correct prediction is."""
+    from contract import MODEL_NAMES
+    from serving.runtimes import RuntimeOptions, load_runtime
+
+    return {
+        name: load_runtime("onnx", exported_repository / name / "1", RuntimeOptions())
+        for name in MODEL_NAMES
+    }
+
+
+@pytest.fixture(scope="module")
 def onnx_server(tmp_path_factory, exported_repository):
     """A real server (ONNX runtime) on free ports, shared by a test module; read-only use."""
     from serving.process import ServerProcess

@@ -31,7 +31,6 @@ from contract.protos import (
 )
 from fuzz.common import GRPC_CLIENT_ERRORS, TALLY, fuzz_settings
 from serving.client import predict_request
-from serving.runtimes import RuntimeOptions, load_runtime
 from serving.tensor_codec import to_numpy
 
 MODELS = ("standard", "separable")
@@ -336,14 +335,6 @@ def stub(channel):
     return prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
-@pytest.fixture(scope="module")
-def reference(exported_repository):
-    """The same model files run in-process: what a correct prediction is."""
-    return {
-        m: load_runtime("onnx", exported_repository / m / "1", RuntimeOptions()) for m in MODELS
-    }
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _tally():
     yield
@@ -423,7 +414,7 @@ def _tensor_case(dtype: int, dims: list[int], field: str = "", values: tuple = (
 @example(case=_tensor_case(types_pb2.DT_FLOAT, [0, 2**62, 2**62]))
 @fuzz_settings()
 @given(case=cases())
-def test_fuzz_grpc_predict_requests(onnx_server, stub, reference, case):
+def test_fuzz_grpc_predict_requests(onnx_server, stub, onnx_reference, case):
     try:
         response = stub.Predict(case.request, timeout=30)
     except grpc.RpcError as error:
@@ -434,7 +425,7 @@ def test_fuzz_grpc_predict_requests(onnx_server, stub, reference, case):
         assert case.images is None, f"a valid request failed: {code.name}: {details}"
     else:
         _outcome("grpc_predict", "OK")
-        check_prediction(response, case.request, case.images, reference)
+        check_prediction(response, case.request, case.images, onnx_reference)
     assert_alive(onnx_server, stub)
 
 

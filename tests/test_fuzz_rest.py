@@ -21,7 +21,6 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fuzz.common import REST_CLIENT_ERRORS, TALLY, fuzz_settings
-from serving.runtimes import RuntimeOptions, load_runtime
 
 MODELS = ("standard", "separable")
 OUTPUTS = ("probabilities", "classes")
@@ -245,13 +244,6 @@ def rest_cases(draw: st.DrawFn) -> RestCase:
 # ---- fixtures and checks ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def reference(exported_repository):
-    return {
-        m: load_runtime("onnx", exported_repository / m / "1", RuntimeOptions()) for m in MODELS
-    }
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _tally():
     yield
@@ -316,12 +308,12 @@ def check_prediction(reply: Any, case: RestCase, reference: dict[str, Any]) -> N
 )
 @fuzz_settings()
 @given(case=rest_cases())
-def test_fuzz_rest_predict(onnx_server, reference, case):
+def test_fuzz_rest_predict(onnx_server, onnx_reference, case):
     status, payload = post(onnx_server, case.path, case.body)
     TALLY.add("rest_predict", str(status))
     reply = json.loads(payload)  # always JSON, errors included
     if status == 200:
-        check_prediction(reply, case, reference)
+        check_prediction(reply, case, onnx_reference)
     else:
         assert status in REST_CLIENT_ERRORS, f"HTTP {status} for {case.path}: {reply}"
         assert set(reply) == {"error"} and isinstance(reply["error"], str) and reply["error"]
