@@ -63,29 +63,42 @@ def import_real_tensorflow() -> Any:
 
 ensure_light()
 
+# `pip install .` alone has neither TensorFlow nor tensorflow-serving-api (that one pulls TensorFlow
+# in): say which installs provide the protos instead of a bare "No module named 'tensorflow'".
+_MISSING_PROTOS = (
+    "TensorFlow Serving's protos are not installed: pip install '.[tensorflow]' (with TensorFlow), "
+    "or TensorFlow-free: `make proto-wheel`, then pip install dist/protos/*.whl && "
+    "pip install --no-deps tensorflow-serving-api==2.21.0 (README, Install)"
+)
+
 # Re-exported so callers import the messages from one place (after the placeholder is in place).
-from tensorflow.core.framework import (  # noqa: E402
-    tensor_pb2,
-    tensor_shape_pb2,
-    types_pb2,
-)
-from tensorflow.core.protobuf import meta_graph_pb2  # noqa: E402
-from tensorflow_serving.apis import (  # noqa: E402
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    inference_pb2,
-    model_management_pb2,
-    model_pb2,
-    model_service_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2,
-    prediction_service_pb2_grpc,
-    regression_pb2,
-    status_pb2,
-)
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+try:
+    from tensorflow.core.framework import (
+        tensor_pb2,
+        tensor_shape_pb2,
+        types_pb2,
+    )
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        inference_pb2,
+        model_management_pb2,
+        model_pb2,
+        model_service_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2,
+        prediction_service_pb2_grpc,
+        regression_pb2,
+        status_pb2,
+    )
+    from tensorflow_serving.config import model_server_config_pb2
+except ModuleNotFoundError as exc:
+    if exc.name not in {"tensorflow", "tensorflow_serving"}:
+        raise
+    raise ImportError(_MISSING_PROTOS) from exc
 
 __all__ = [
     "classification_pb2",

