@@ -1,10 +1,15 @@
-"""The one place that maps serving errors to gRPC status codes and HTTP status codes.
+"""The one place that turns an exception into a status: a gRPC status code, an HTTP status code
+and a length-capped message.
 
-Every layer raises ``ServingError`` with a gRPC-style code; each transport converts it with
-``grpc_status`` / ``http_status``. A client's mistake never becomes INTERNAL / 500.
+Every layer raises ``ServingError`` with a gRPC-style code. A transport hands whatever its
+handler raised to ``status_of`` and answers with the result (as TF Serving converts a Status to
+gRPC in one ``ToGRPCStatus`` and to HTTP in one ``ToHTTPStatusCode``). A client's mistake never
+becomes INTERNAL / 500; anything unexpected does, and is flagged for the log.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import grpc
 
@@ -32,6 +37,12 @@ _HTTP_BY_CODE: dict[grpc.StatusCode, int] = {
 
 # tensorflow.error.Code names, as TF Serving's StatusProto / REST status report them.
 ERROR_CODE_NAMES: dict[grpc.StatusCode, str] = {code: code.name for code in grpc.StatusCode}
+
+
+# TF Serving's grpc_status_util.cc caps messages at 1024 characters: a message echoing a huge
+# request field (a 4,000-digit version, a long model name) must not become a huge trailer.
+MAX_MESSAGE_CHARS = 1024
+_TRUNCATED = "...TRUNCATED"
 
 
 class ServingError(Exception):
@@ -86,3 +97,77 @@ def resource_exhausted(message: str) -> ServingError:
 def internal(message: str) -> ServingError:
     """A fault on the server's side (a runtime failure), never a client's mistake."""
     return ServingError(grpc.StatusCode.INTERNAL, message)
+
+
+def deadline_exceeded(message: str = "request deadline exceeded") -> ServingError:
+    """The request's deadline (the client's, or ``--request_timeout_seconds``) passed."""
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
+
+def request_too_large(limit_bytes: int) -> ServingError:
+    """A request body over ``--max_request_bytes`` (gRPC refuses oversize messages itself, with
+    the same code)."""
+    return resource_exhausted(f"request body larger than --max_request_bytes ({limit_bytes} bytes)")
+
+
+# An HTTP library's own refusals (aiohttp raises these before a handler runs), mapped back to
+# the gRPC code whose HTTP status they carry so that they take the same path as ours.
+_CODE_BY_HTTP: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def code_for_http(status: int) -> grpc.StatusCode:
+    """The gRPC code of an HTTP error status raised by the HTTP library (4xx not listed:
+    INVALID_ARGUMENT; 5xx: INTERNAL)."""
+    code = _CODE_BY_HTTP.get(status)
+    if code is not None:
+        return code
+    return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a transport answers: both status codes and a capped message."""
+
+    code: grpc.StatusCode
+    message: str
+    unexpected: bool = False  # a bug of ours: log it with its traceback
+
+    @property
+    def http(self) -> int:
+        """The HTTP status the REST API answers with."""
+        return http_status(self.code)
+
+
+def cap_message(message: str) -> str:
+    """``message`` cut to ``MAX_MESSAGE_CHARS`` (TF Serving's limit and marker)."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[:MAX_MESSAGE_CHARS] + _TRUNCATED
+
+
+def status_of(exc: BaseException) -> Status:
+    """The status for any exception a handler raised: ``ServingError`` as it says, a timeout as
+    DEADLINE_EXCEEDED (the only place a timeout is converted), a refusal by the HTTP library
+    (``status`` attribute, as aiohttp's ``HTTPException``) as its status, anything else as
+    INTERNAL with the exception's type only (its text may hold server internals)."""
+    if isinstance(exc, ServingError):
+        return Status(exc.code, cap_message(exc.message))
+    if isinstance(exc, TimeoutError):
+        error = deadline_exceeded()
+        return Status(error.code, error.message)
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status >= 400:
+        reason = getattr(exc, "reason", "") or str(exc)
+        return Status(code_for_http(status), cap_message(str(reason)))
+    return Status(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", True)

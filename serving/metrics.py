@@ -7,6 +7,7 @@ exposition aggregates every worker's files (prometheus-client's multiprocess mod
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -69,6 +70,15 @@ BATCH_RUN_SECONDS = Histogram(
     ["model", "version"],
     buckets=_LATENCY_BUCKETS,
 )
+REQUEST_PHASE_SECONDS = Histogram(
+    "serving_request_phase_seconds",
+    "Server time of a successful request by phase: decode (proto/JSON to arrays), queue "
+    "(waiting for a batch; 0 without batching), infer (runtime time of the batch the request "
+    "ran in), encode (arrays to proto/JSON).",
+    ["model", "version", "api", "runtime", "phase"],
+    buckets=_LATENCY_BUCKETS,
+)
+PHASES = ("decode", "queue", "infer", "encode")
 MODEL_VERSIONS = Gauge(
     "serving_model_versions",
     "Versions per model and state (1 when in that state).",
@@ -95,6 +105,41 @@ def observe_request(model: str, version: str, api: str, code: str, seconds: floa
     series[0].inc()
     if code == "OK":
         series[1].observe(seconds)
+
+
+@dataclass(slots=True)
+class PhaseTimes:
+    """Where one request's server time went, in seconds; the model layer fills ``queue`` and
+    ``infer``, the transport ``decode`` and ``encode``."""
+
+    decode: float = 0.0
+    queue: float = 0.0
+    infer: float = 0.0
+    encode: float = 0.0
+
+
+_PHASE_SERIES: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
+
+
+def observe_phases(model: str, version: str, api: str, runtime: str, times: PhaseTimes) -> None:
+    """Record a successful request's four phases.
+
+    Cached like ``observe_request``: four ``observe`` calls (~1 µs each) are what remains on
+    the hot path. ``model`` is a served model's name (the request resolved), so the series stay
+    bounded.
+    """
+    key = (model, version, api, runtime)
+    series = _PHASE_SERIES.get(key)
+    if series is None:
+        decode, queue, infer, encode = (
+            REQUEST_PHASE_SECONDS.labels(model, version, api, runtime, phase) for phase in PHASES
+        )
+        series = (decode, queue, infer, encode)
+        _PHASE_SERIES[key] = series
+    series[0].observe(times.decode)
+    series[1].observe(times.queue)
+    series[2].observe(times.infer)
+    series[3].observe(times.encode)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -3,14 +3,10 @@ the gRPC and REST transports."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import grpc
+from collections.abc import Mapping, Sequence
 
 from contract.protos import get_model_metadata_pb2, get_model_status_pb2, meta_graph_pb2, status_pb2
-from serving.errors import ServingError
-from serving.model.service import PredictionService
-from serving.model.versions import VersionState
+from serving.model.versions import ServableVersion, VersionState
 from serving.runtimes import Signature
 from serving.tensor_codec import numpy_to_dtype_enum, shape_proto
 
@@ -39,17 +35,9 @@ def signature_def_map(
 
 
 def version_statuses(
-    service: PredictionService, name: str, version: int | None
+    versions: Sequence[ServableVersion],
 ) -> list[get_model_status_pb2.ModelVersionStatus]:
-    """``ModelVersionStatus`` entries of a model (one version, or all it has had)."""
-    model = service.manager.model(name)
-    versions = sorted(model.versions.values(), key=lambda v: v.version, reverse=True)
-    if version is not None:
-        versions = [v for v in versions if v.version == version]
-        if not versions:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}"
-            )
+    """``ModelVersionStatus`` entries of versions (``PredictionService.status``)."""
     statuses = []
     for v in versions:
         state = VersionState.START if v.state == VersionState.UNKNOWN else v.state

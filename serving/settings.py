@@ -1,6 +1,8 @@
 """The server's one settings object, built from ``tensorflow_model_server``-style flags.
 
-Flag names follow TF Serving where the feature is the same; ours are marked "(ours)" in --help.
+Each flag is declared once, on the ``Settings`` field it sets (``Flag``: name, help, default),
+and both the parser and the flag-to-field map are generated from the fields. Flag names follow
+TF Serving where the feature is the same; ours are marked "(ours)" in --help.
 ``MODEL_NAME`` / ``MODEL_BASE_PATH`` environment variables are honoured as in TF Serving's image.
 """
 
@@ -8,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from serving.config_protos import BatchingParameters, SSLConfig, parse_text
 
@@ -52,147 +57,6 @@ class TlsSettings(BaseModel):
     server_key: str
     custom_ca: str = ""
     client_verify: bool = False
-
-
-class Settings(BaseModel):
-    """Everything the server is configured with."""
-
-    model_config = ConfigDict(frozen=True)
-
-    host: str = "0.0.0.0"
-    port: int = Field(8500, ge=0, le=65535)
-    rest_api_port: int = Field(8501, ge=0, le=65535)
-    model_name: str = "default"
-    model_base_path: Path | None = None
-    model_config_file: Path | None = None
-    model_base_path_roots: tuple[Path, ...] = ()
-    model_config_file_poll_wait_seconds: float = Field(0.0, ge=0)
-    file_system_poll_wait_seconds: float = Field(1.0, ge=0)
-    enable_batching: bool = False
-    batching: BatchingSettings = BatchingSettings()
-    tensorflow_intra_op_parallelism: int = Field(0, ge=0)
-    tensorflow_inter_op_parallelism: int = Field(0, ge=0)
-    grpc_max_threads: int = Field(0, ge=0)
-    grpc_max_concurrent_streams: int = Field(0, ge=0)
-    enable_model_warmup: bool = True
-    runtime: Literal["onnx", "tensorflow", "torch"] = "onnx"
-    device: Literal["cpu", "cuda"] = "cpu"
-    workers: int = Field(1, ge=1, le=256)
-    # Set by --workers for its children: only worker 0 listens before its models are loaded, so
-    # the kernel never hands a connection to a worker that cannot answer it yet.
-    worker_index: int = Field(0, ge=0)
-    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    request_timeout_seconds: float = Field(30.0, gt=0)
-    shutdown_grace_seconds: float = Field(30.0, ge=0)
-    tls: TlsSettings | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    @model_validator(mode="after")
-    def _check_models(self) -> Settings:
-        if (self.model_config_file is None) == (self.model_base_path is None):
-            raise ValueError(
-                "give exactly one of --model_config_file or --model_base_path (or MODEL_BASE_PATH)"
-            )
-        if self.port == 0:
-            raise ValueError("--port must be a TCP port (1-65535)")
-        if self.rest_api_port and self.rest_api_port == self.port:
-            raise ValueError("--rest_api_port must differ from --port")
-        return self
-
-    @property
-    def inference_threads(self) -> int:
-        """Threads that run inference (``--grpc_max_threads``, default: one per core)."""
-        return self.grpc_max_threads or (os.cpu_count() or 1)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line, documented flag by flag."""
-    p = argparse.ArgumentParser(
-        prog="python -m serving",
-        description="Serve models over the TensorFlow Serving gRPC and REST APIs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add = p.add_argument
-    add("--port", type=int, default=8500, help="gRPC port")
-    add("--rest_api_port", type=int, default=8501, help="REST port; 0 disables REST")
-    add("--host", default="0.0.0.0", help="address to listen on (ours)")
-    add(
-        "--model_name",
-        default=None,
-        help="model name with --model_base_path (default: env MODEL_NAME, else 'default')",
-    )
-    add(
-        "--model_base_path",
-        default=None,
-        help="serve one model from this directory of versions. Without it and without "
-        "--model_config_file, TF Serving's image convention applies: ${MODEL_BASE_PATH}/"
-        "${MODEL_NAME}, or ${MODEL_BASE_PATH}/models.config when MODEL_NAME is unset",
-    )
-    add("--model_config_file", default=None, help="ModelServerConfig text proto (models.config)")
-    add(
-        "--model_base_path_root",
-        action="append",
-        default=None,
-        help="a directory model base paths must lie in, symlinks and '..' resolved; repeat for "
-        "several. Default: the config file's directory and the parent of every start-up base "
-        "path (ours)",
-    )
-    add(
-        "--model_config_file_poll_wait_seconds",
-        type=float,
-        default=0.0,
-        help="re-read --model_config_file this often; 0 reads it once",
-    )
-    add(
-        "--file_system_poll_wait_seconds",
-        type=float,
-        default=1.0,
-        help="look for new model versions this often; 0 looks once at start-up",
-    )
-    add("--enable_batching", type=_bool, nargs="?", const=True, default=False)
-    add("--batching_parameters_file", default=None, help="BatchingParameters text proto")
-    add("--tensorflow_intra_op_parallelism", type=int, default=0, help="0 = library default")
-    add("--tensorflow_inter_op_parallelism", type=int, default=0, help="0 = library default")
-    add("--grpc_max_threads", type=int, default=0, help="inference threads; 0 = one per core")
-    add(
-        "--grpc_max_concurrent_streams",
-        type=int,
-        default=0,
-        help="HTTP/2 streams per gRPC connection; 0 = gRPC default (ours)",
-    )
-    add("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True)
-    add(
-        "--runtime",
-        default="onnx",
-        help="onnx (model.onnx), tensorflow (SavedModel) or torch (model.onnx in PyTorch) (ours)",
-    )
-    add("--device", default="cpu", help="cpu or cuda (ours)")
-    add("--workers", type=int, default=1, help="server processes sharing the ports (ours)")
-    add("--worker_index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
-    add(
-        "--max_request_bytes",
-        type=int,
-        default=64 * 1024 * 1024,
-        help="largest request accepted, gRPC message or REST body (ours)",
-    )
-    add(
-        "--request_timeout_seconds",
-        type=float,
-        default=30.0,
-        help="deadline for a request without a client deadline (ours)",
-    )
-    add(
-        "--shutdown_grace_seconds",
-        type=float,
-        default=30.0,
-        help="after SIGTERM, time in-flight requests get to finish (ours)",
-    )
-    add("--ssl_config_file", default=None, help="SSLConfig text proto (TF Serving's)")
-    add("--ssl_cert_file", default=None, help="PEM server certificate (ours)")
-    add("--ssl_key_file", default=None, help="PEM server key (ours)")
-    add("--ssl_client_ca_file", default=None, help="PEM CA; clients must present a cert (ours)")
-    add("--log_level", default="info", help="debug, info, warning or error (ours)")
-    return p
 
 
 def _bool(text: str) -> bool:
@@ -299,42 +163,223 @@ def _models_source(args: argparse.Namespace) -> tuple[str, str | None, str | Non
     )
 
 
+_FIELD_DEFAULT: Any = object()
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag of a ``Settings`` field, declared on the field (``Annotated``).
+
+    ``name`` defaults to ``--<field name>`` (TF Serving's flag where the feature is the same);
+    ``help`` to the field's description; the default is the field's, unless the flag's value
+    only means "not given" (``default=None``) and ``FromArgs`` computes the field.
+    """
+
+    help: str = ""
+    name: str = ""
+    ours: bool = False  # not a TF Serving flag: "(ours)" in --help
+    append: bool = False  # repeatable; the values are collected in a list
+    hidden: bool = False  # set by --workers for its children, not by people
+    default: Any = _FIELD_DEFAULT
+
+
+@dataclass(frozen=True)
+class FromArgs:
+    """A field computed from the parsed flags rather than copied from its own flag: from
+    several flags (TLS), from a file a flag names (batching) or with an environment fallback
+    (the model source)."""
+
+    value: Callable[[argparse.Namespace], Any]
+
+
+def _models_field(index: int) -> FromArgs:
+    return FromArgs(lambda args: _models_source(args)[index])
+
+
+class Settings(BaseModel):
+    """Everything the server is configured with; each field declares its flag (``Flag``), so
+    the parser and the flag-to-field map are generated from this class (``build_parser``,
+    ``parse_settings``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    port: Annotated[int, Flag()] = Field(8500, ge=0, le=65535, description="gRPC port")
+    rest_api_port: Annotated[int, Flag()] = Field(
+        8501, ge=0, le=65535, description="REST port; 0 disables REST"
+    )
+    host: Annotated[str, Flag(ours=True)] = Field("0.0.0.0", description="address to listen on")
+    model_name: Annotated[str, Flag(default=None), _models_field(0)] = Field(
+        "default",
+        description="model name with --model_base_path (default: env MODEL_NAME, else 'default')",
+    )
+    model_base_path: Annotated[Path | None, Flag(), _models_field(1)] = Field(
+        None,
+        description="serve one model from this directory of versions. Without it and without "
+        "--model_config_file, TF Serving's image convention applies: ${MODEL_BASE_PATH}/"
+        "${MODEL_NAME}, or ${MODEL_BASE_PATH}/models.config when MODEL_NAME is unset",
+    )
+    model_config_file: Annotated[Path | None, Flag(), _models_field(2)] = Field(
+        None, description="ModelServerConfig text proto (models.config)"
+    )
+    model_base_path_roots: Annotated[
+        tuple[Path, ...],
+        Flag(name="--model_base_path_root", ours=True, append=True, default=None),
+        FromArgs(lambda args: tuple(args.model_base_path_root or ())),
+    ] = Field(
+        (),
+        description="a directory model base paths must lie in, symlinks and '..' resolved; "
+        "repeat for several. Default: the config file's directory and the parent of every "
+        "start-up base path",
+    )
+    model_config_file_poll_wait_seconds: Annotated[float, Flag()] = Field(
+        0.0, ge=0, description="re-read --model_config_file this often; 0 reads it once"
+    )
+    file_system_poll_wait_seconds: Annotated[float, Flag()] = Field(
+        1.0, ge=0, description="look for new model versions this often; 0 looks once at start-up"
+    )
+    enable_batching: Annotated[bool, Flag()] = Field(
+        False, description="merge concurrent requests into batches (server-side batching)"
+    )
+    batching: Annotated[
+        BatchingSettings,
+        Flag(name="--batching_parameters_file", default=None),
+        FromArgs(lambda args: _batching(args.batching_parameters_file)),
+    ] = Field(BatchingSettings(), description="BatchingParameters text proto")
+    tensorflow_intra_op_parallelism: Annotated[int, Flag()] = Field(
+        0, ge=0, description="0 = library default"
+    )
+    tensorflow_inter_op_parallelism: Annotated[int, Flag()] = Field(
+        0, ge=0, description="0 = library default"
+    )
+    grpc_max_threads: Annotated[int, Flag()] = Field(
+        0, ge=0, description="inference threads; 0 = one per core"
+    )
+    grpc_max_concurrent_streams: Annotated[int, Flag(ours=True)] = Field(
+        0, ge=0, description="HTTP/2 streams per gRPC connection; 0 = gRPC default"
+    )
+    enable_model_warmup: Annotated[bool, Flag()] = Field(
+        True, description="replay the version's assets.extra/tf_serving_warmup_requests"
+    )
+    runtime: Annotated[Literal["onnx", "tensorflow", "torch"], Flag(ours=True)] = Field(
+        "onnx",
+        description="onnx (model.onnx), tensorflow (SavedModel) or torch (model.onnx in PyTorch)",
+    )
+    device: Annotated[Literal["cpu", "cuda"], Flag(ours=True)] = Field(
+        "cpu", description="cpu or cuda"
+    )
+    workers: Annotated[int, Flag(ours=True)] = Field(
+        1, ge=1, le=256, description="server processes sharing the ports"
+    )
+    # Set by --workers for its children: only worker 0 listens before its models are loaded, so
+    # the kernel never hands a connection to a worker that cannot answer it yet.
+    worker_index: Annotated[int, Flag(hidden=True)] = Field(0, ge=0)
+    max_request_bytes: Annotated[int, Flag(ours=True)] = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="largest request accepted, gRPC message or REST body",
+    )
+    request_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
+        30.0, gt=0, description="deadline for a request without a client deadline"
+    )
+    shutdown_grace_seconds: Annotated[float, Flag(ours=True)] = Field(
+        30.0, ge=0, description="after SIGTERM, time in-flight requests get to finish"
+    )
+    tls: Annotated[
+        TlsSettings | None,
+        Flag("SSLConfig text proto (TF Serving's)", name="--ssl_config_file", default=None),
+        Flag("PEM server certificate", name="--ssl_cert_file", ours=True, default=None),
+        Flag("PEM server key", name="--ssl_key_file", ours=True, default=None),
+        Flag(
+            "PEM CA; clients must present a cert",
+            name="--ssl_client_ca_file",
+            ours=True,
+            default=None,
+        ),
+        FromArgs(_tls),
+    ] = Field(None, description="server certificate and key, client CA")
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Flag(ours=True)] = Field(
+        "info", description="debug, info, warning or error"
+    )
+
+    @model_validator(mode="after")
+    def _check_models(self) -> Settings:
+        if (self.model_config_file is None) == (self.model_base_path is None):
+            raise ValueError(
+                "give exactly one of --model_config_file or --model_base_path (or MODEL_BASE_PATH)"
+            )
+        if self.port == 0:
+            raise ValueError("--port must be a TCP port (1-65535)")
+        if self.rest_api_port and self.rest_api_port == self.port:
+            raise ValueError("--rest_api_port must differ from --port")
+        return self
+
+    @property
+    def inference_threads(self) -> int:
+        """Threads that run inference (``--grpc_max_threads``, default: one per core)."""
+        return self.grpc_max_threads or (os.cpu_count() or 1)
+
+
+def _field_flags(field: FieldInfo) -> tuple[list[Flag], FromArgs | None]:
+    flags = [m for m in field.metadata if isinstance(m, Flag)]
+    computed = next((m for m in field.metadata if isinstance(m, FromArgs)), None)
+    return flags, computed
+
+
+def _argparse_type(annotation: Any) -> Callable[[str], Any] | None:
+    # Only plain numbers are converted by argparse; pydantic checks the rest (Literal, Path)
+    # and names the flag when a value is wrong.
+    return annotation if annotation in (int, float) else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, generated from ``Settings``' fields, documented flag by flag."""
+    p = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Serve models over the TensorFlow Serving gRPC and REST APIs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, field in Settings.model_fields.items():
+        flags, _ = _field_flags(field)
+        for flag in flags:
+            help_text: str | None = flag.help or field.description
+            if flag.hidden:
+                help_text = argparse.SUPPRESS
+            elif flag.ours:
+                help_text = f"{help_text} (ours)"
+            default = field.default if flag.default is _FIELD_DEFAULT else flag.default
+            options: dict[str, Any] = {"default": default, "help": help_text}
+            if flag.append:
+                options["action"] = "append"
+            elif field.annotation is bool:
+                options.update(type=_bool, nargs="?", const=True)
+            else:
+                options["type"] = _argparse_type(field.annotation)
+            p.add_argument(flag.name or f"--{name}", **options)
+    return p
+
+
+def _flag_of(field_name: str) -> str:
+    """The flag that sets field ``field_name`` (its first, for a field read from several)."""
+    field = Settings.model_fields.get(field_name)
+    flags = _field_flags(field)[0] if field is not None else []
+    return (flags[0].name or f"--{field_name}") if flags else f"--{field_name}"
+
+
 def parse_settings(argv: list[str] | None = None) -> Settings:
     """Parse flags into ``Settings``; raises ``SettingsError`` with one clear line."""
     args = build_parser().parse_args(argv)
-    model_name, model_base_path, model_config_file = _models_source(args)
-    values = {
-        "host": args.host,
-        "port": args.port,
-        "rest_api_port": args.rest_api_port,
-        "model_name": model_name,
-        "model_base_path": model_base_path,
-        "model_config_file": model_config_file,
-        "model_base_path_roots": tuple(args.model_base_path_root or ()),
-        "model_config_file_poll_wait_seconds": args.model_config_file_poll_wait_seconds,
-        "file_system_poll_wait_seconds": args.file_system_poll_wait_seconds,
-        "enable_batching": args.enable_batching,
-        "batching": _batching(args.batching_parameters_file),
-        "tensorflow_intra_op_parallelism": args.tensorflow_intra_op_parallelism,
-        "tensorflow_inter_op_parallelism": args.tensorflow_inter_op_parallelism,
-        "grpc_max_threads": args.grpc_max_threads,
-        "grpc_max_concurrent_streams": args.grpc_max_concurrent_streams,
-        "enable_model_warmup": args.enable_model_warmup,
-        "runtime": args.runtime,
-        "device": args.device,
-        "workers": args.workers,
-        "worker_index": args.worker_index,
-        "max_request_bytes": args.max_request_bytes,
-        "request_timeout_seconds": args.request_timeout_seconds,
-        "shutdown_grace_seconds": args.shutdown_grace_seconds,
-        "tls": _tls(args),
-        "log_level": args.log_level,
-    }
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        flags, computed = _field_flags(field)
+        if computed is not None:
+            values[name] = computed.value(args)
+        elif flags:
+            values[name] = getattr(args, (flags[0].name or f"--{name}").removeprefix("--"))
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
-        flag = "--" + str(error["loc"][0]) if error["loc"] else "flags"
+        flag = _flag_of(str(error["loc"][0])) if error["loc"] else "flags"
         raise SettingsError(f"{flag}: {error['msg']}") from exc
     for path, flag in (
         (settings.model_config_file, "--model_config_file"),

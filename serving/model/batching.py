@@ -13,23 +13,56 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from serving import metrics
 from serving.errors import ServingError, internal, unavailable
+from serving.metrics import PhaseTimes
 from serving.settings import BatchingSettings
 
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-@dataclass
+class Cancellable(Protocol):
+    """A scheduled callback (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None:
+        """Do not run the callback."""
+
+
+class Clock(Protocol):
+    """Time and timers for the batcher: the event loop's in production, a manual one in tests
+    (as TF Serving tests its scheduler with a fake clock) so batch timeouts are exact."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """Run ``callback`` on the event loop thread ``delay`` seconds from now."""
+
+
+class LoopClock:
+    """``time.perf_counter`` and the running event loop's ``call_later``."""
+
+    def now(self) -> float:
+        """``time.perf_counter()``."""
+        return time.perf_counter()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """``loop.call_later`` on the running loop."""
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+@dataclass(slots=True)
 class _Task:
     inputs: Mapping[str, np.ndarray]
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
+    times: PhaseTimes | None
 
 
 class Batcher:
@@ -43,14 +76,19 @@ class Batcher:
         *,
         model: str,
         version: int,
+        clock: Clock | None = None,
     ) -> None:
         self._run = run
         self._params = params
         self._executor = executor
-        self._labels = (model, str(version))
+        self._clock = clock or LoopClock()
+        labels = (model, str(version))
+        self._queue_seconds = metrics.BATCH_QUEUE_SECONDS.labels(*labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(*labels)
+        self._run_seconds = metrics.BATCH_RUN_SECONDS.labels(*labels)
         self._open: list[_Task] = []
         self._open_rows = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._waiting = 0  # closed batches not yet running
         self._slots = asyncio.Semaphore(params.num_batch_threads)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -60,28 +98,34 @@ class Batcher:
         """Batches waiting for a thread, the open one included."""
         return self._waiting + (1 if self._open else 0)
 
-    async def submit(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """Queue ``rows`` rows; returns this request's rows of every output."""
+    async def submit(
+        self, inputs: Mapping[str, np.ndarray], rows: int, times: PhaseTimes | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue ``rows`` rows; returns this request's rows of every output. ``times`` receives
+        the request's queue wait and its batch's runtime time."""
         loop = asyncio.get_running_loop()
         max_rows = self._params.max_batch_size
         if rows > max_rows:
             # Larger than any batch: it runs alone rather than being refused (TF Serving with
             # enable_large_batch_splitting would split it; the result is the same).
-            return await loop.run_in_executor(self._executor, self._run, inputs)
+            outputs, seconds = await loop.run_in_executor(self._executor, self._timed_run, inputs)
+            if times is not None:
+                times.infer = seconds
+            return outputs
         if self._open and self._open_rows + rows > max_rows:
             self._close_open_batch()
         if not self._open and self._waiting >= self._params.max_enqueued_batches:
             raise unavailable(
                 f"batching queue is full ({self._waiting} batches waiting); retry later"
             )
-        task = _Task(inputs, rows, loop.create_future())
+        task = _Task(inputs, rows, loop.create_future(), self._clock.now(), times)
         self._open.append(task)
         self._open_rows += rows
         if self._open_rows >= max_rows:
             self._close_open_batch()
         elif self._timer is None:
             delay = self._params.batch_timeout_micros / 1e6
-            self._timer = loop.call_later(delay, self._close_open_batch)
+            self._timer = self._clock.call_later(delay, self._close_open_batch)
         return await task.future
 
     def _close_open_batch(self) -> None:
@@ -108,15 +152,18 @@ class Batcher:
             live = [t for t in batch if not t.future.done()]  # callers may have gone away
             if not live:
                 return
-            started = time.perf_counter()
+            started = self._clock.now()
             for task in live:
-                metrics.BATCH_QUEUE_SECONDS.labels(*self._labels).observe(started - task.enqueued)
+                waited = started - task.enqueued
+                self._queue_seconds.observe(waited)
+                if task.times is not None:
+                    task.times.queue = waited
             rows = sum(t.rows for t in live)
-            metrics.BATCH_SIZE.labels(*self._labels).observe(rows)
+            self._batch_size.observe(rows)
             merged = self._merge(live, rows)
             try:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run, merged
+                outputs, seconds = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._timed_run, merged
                 )
             except ServingError as exc:
                 self._fail(live, exc)
@@ -125,15 +172,21 @@ class Batcher:
                 self._fail(live, internal(f"batch of {rows} rows failed in the runtime: {exc}"))
                 return
             finally:
-                metrics.BATCH_RUN_SECONDS.labels(*self._labels).observe(
-                    time.perf_counter() - started
-                )
+                self._run_seconds.observe(self._clock.now() - started)
             offset = 0
             for task in live:
+                if task.times is not None:
+                    task.times.infer = seconds
                 part = {k: v[offset : offset + task.rows] for k, v in outputs.items()}
                 offset += task.rows
                 if not task.future.done():
                     task.future.set_result(part)
+
+    def _timed_run(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        # Timed on the batch thread: the runtime's own time, without the hop to the thread.
+        start = self._clock.now()
+        outputs = self._run(inputs)
+        return outputs, self._clock.now() - start
 
     def _merge(self, tasks: list[_Task], rows: int) -> dict[str, np.ndarray]:
         padded = self._padded_size(rows)

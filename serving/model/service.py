@@ -1,7 +1,9 @@
 """Prediction and metadata, independent of the transport: validation, dispatch, batching.
 
-Both the gRPC and the REST adapters call ``PredictionService``; they only convert protos or JSON
-to numpy and back.
+``PredictionService`` is the data plane (MLServer's ``DataPlane``): both the gRPC and the REST
+adapters call only its narrow facade (``predict``, ``input_signature``, ``metadata``,
+``status``, ``unsupported``, ``readiness``, ``reload_config``) and never the model manager; they
+only convert protos or JSON to numpy and back.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -20,8 +23,13 @@ from serving.errors import (
     failed_precondition,
     internal,
     invalid_argument,
+    not_found,
+    status_of,
+    unimplemented,
 )
+from serving.metrics import PhaseTimes
 from serving.model.batching import Batcher
+from serving.model.config import ModelConfig
 from serving.model.manager import ModelManager
 from serving.model.versions import ServableVersion
 from serving.runtimes import Signature
@@ -48,10 +56,21 @@ class PredictResult:
     version: int
     signature_name: str
     outputs: dict[str, np.ndarray]
+    runtime: str = ""  # the runtime kind that ran it (a label of the phase histogram)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What GetModelMetadata reports: the version that answers and its signatures."""
+
+    name: str
+    version: int
+    signatures: Mapping[str, Signature]
 
 
 class PredictionService:
-    """Validates requests against the version's signature and runs them."""
+    """Validates requests against the version's signature and runs them; the transports'
+    only way into the models."""
 
     def __init__(
         self,
@@ -62,7 +81,7 @@ class PredictionService:
         batch_executor: Executor | None = None,
         inline_max_rows: int = 0,
     ) -> None:
-        self.manager = manager
+        self._manager = manager
         self._executor = executor
         self._batching = batching
         self._batch_executor = batch_executor or executor
@@ -81,6 +100,55 @@ class PredictionService:
             )
         return signatures[key]
 
+    # ---- the facade the transports call ------------------------------------------------
+    def input_signature(self, ref: ModelRef) -> Signature:
+        """The signature a request for ``ref`` will run (REST decodes JSON against it)."""
+        servable = self._manager.resolve(ref.name, ref.version, ref.label)
+        return self.signature(servable, ref.signature_name)
+
+    def metadata(self, ref: ModelRef) -> ModelMetadata:
+        """The answering version of ``ref`` and its signatures."""
+        servable = self._manager.resolve(ref.name, ref.version, ref.label)
+        assert servable.runtime is not None  # resolve returns AVAILABLE versions only
+        return ModelMetadata(ref.name, servable.version, servable.runtime.signatures)
+
+    def status(self, ref: ModelRef) -> list[ServableVersion]:
+        """The versions of a model newest first: all it has had, or the one ``ref`` names (by
+        number or label); NOT_FOUND when there is none."""
+        version = ref.version
+        if ref.label is not None:
+            version = self._manager.resolve(ref.name, None, ref.label).version
+        model = self._manager.model(ref.name)
+        versions = sorted(model.versions.values(), key=lambda v: v.version, reverse=True)
+        if version is None:
+            return versions
+        chosen = [v for v in versions if v.version == version]
+        if not chosen:
+            raise not_found(f"Could not find version {version} of model {ref.name}")
+        return chosen
+
+    def unsupported(self, ref: ModelRef, api: str) -> NoReturn:
+        """Raise UNIMPLEMENTED for Classify/Regress/MultiInference (``api`` as the transport
+        names it): the models here have Predict signatures only. NOT_FOUND / FAILED_PRECONDITION
+        first when the model or signature does not exist, as for Predict."""
+        servable = self._manager.resolve(ref.name, ref.version, ref.label)
+        signature = self.signature(servable, ref.signature_name)
+        raise unimplemented(
+            f"{api} needs a classification or regression signature; model '{ref.name}' version "
+            f"{servable.version} signature '{signature.name}' is a Predict signature "
+            f"({signature.method_name}): use Predict (REST :predict)"
+        )
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Whether every model can answer, and each model's own readiness."""
+        manager = self._manager
+        return manager.all_available(), {n: manager.is_available(n) for n in manager.model_names}
+
+    async def reload_config(self, configs: list[ModelConfig]) -> None:
+        """Serve exactly ``configs`` (ModelService.HandleReloadConfigRequest); waits for the new
+        loads. ``ConfigError`` (nothing changed) when a base path is outside the allowed roots."""
+        await self._manager.apply_config(configs, wait=True)
+
     async def predict(
         self,
         ref: ModelRef,
@@ -88,39 +156,41 @@ class PredictionService:
         output_filter: Sequence[str] = (),
         api: str = "grpc",
         timeout_s: float | None = None,
+        times: PhaseTimes | None = None,
     ) -> PredictResult:
         """Run one Predict request; raises ``ServingError`` with the precise status.
 
         ``timeout_s`` bounds the time spent waiting (batching queue, inference thread).
+        ``times`` receives the request's queue wait and inference time.
         """
         started = time.perf_counter()
         version_label = "unknown"
         code = "OK"
         servable = None
         try:
-            servable = self.manager.resolve(ref.name, ref.version, ref.label)
+            servable = self._manager.resolve(ref.name, ref.version, ref.label)
             servable.acquire()
             version_label = str(servable.version)
             signature = self.signature(servable, ref.signature_name)
             rows = validate_inputs(signature, inputs)
             output_names = validate_output_filter(signature, output_filter)
-            outputs = await self._run(servable, signature, inputs, rows, timeout_s)
+            outputs = await self._run(servable, signature, inputs, rows, timeout_s, times)
             if output_names:
                 outputs = {k: outputs[k] for k in output_names}
-            return PredictResult(ref.name, servable.version, signature.name, outputs)
-        except ServingError as exc:
-            code = exc.code.name
-            raise
-        except TimeoutError:
-            code = "DEADLINE_EXCEEDED"
-            raise
+            assert servable.runtime is not None
+            return PredictResult(
+                ref.name, servable.version, signature.name, outputs, servable.runtime.kind
+            )
         except asyncio.CancelledError:
             code = "CANCELLED"  # the client went away
+            raise
+        except Exception as exc:
+            code = status_of(exc).code.name
             raise
         finally:
             if servable is not None:
                 servable.release()
-            model_label = ref.name if self.manager.serves(ref.name) else "_unknown_"
+            model_label = ref.name if self._manager.serves(ref.name) else "_unknown_"
             metrics.observe_request(
                 model_label, version_label, api, code, time.perf_counter() - started
             )
@@ -132,6 +202,7 @@ class PredictionService:
         inputs: Mapping[str, np.ndarray],
         rows: int,
         timeout_s: float | None,
+        times: PhaseTimes | None,
     ) -> dict[str, np.ndarray]:
         if rows == 0:
             return empty_outputs(signature)
@@ -140,6 +211,14 @@ class PredictionService:
 
         def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             return runtime.predict(signature.name, batch)
+
+        def timed_run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            # Timed where it runs (thread or loop): the runtime's time without the thread hop.
+            start = time.perf_counter()
+            outputs = runtime.predict(signature.name, batch)
+            if times is not None:
+                times.infer = time.perf_counter() - start
+            return outputs
 
         try:
             if self._batching is not None:
@@ -153,16 +232,16 @@ class PredictionService:
                         version=servable.version,
                     )
                     servable.batchers[signature.name] = batcher
-                outputs = await _bounded(batcher.submit(inputs, rows), timeout_s)
+                outputs = await _bounded(batcher.submit(inputs, rows, times), timeout_s)
             elif rows <= self._inline_max_rows:
-                outputs = run(inputs)  # never suspends, so no deadline to enforce
+                outputs = timed_run(inputs)  # never suspends, so no deadline to enforce
             else:
                 loop = asyncio.get_running_loop()
                 outputs = await _bounded(
-                    loop.run_in_executor(self._executor, run, inputs), timeout_s
+                    loop.run_in_executor(self._executor, timed_run, inputs), timeout_s
                 )
         except (ServingError, TimeoutError):
-            raise  # TimeoutError is the request deadline (DEADLINE_EXCEEDED), not a fault
+            raise  # TimeoutError is the request deadline (errors.status_of), not a fault
         except Exception as exc:
             raise internal(f"the {runtime.kind} runtime failed: {exc}") from exc
         check_outputs(signature, outputs, rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -31,7 +32,9 @@ from contract.protos import (
     prediction_service_pb2_grpc,
     status_pb2,
 )
-from serving.errors import ServingError, invalid_argument, unimplemented
+from serving import metrics
+from serving.errors import invalid_argument, status_of
+from serving.metrics import PhaseTimes
 from serving.model.config import ConfigError, from_proto
 from serving.model.service import ModelRef, PredictionService
 from serving.model_protos import signature_def_map, version_statuses
@@ -56,21 +59,19 @@ def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
 
 
 async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Reply]]) -> Reply:
-    """Run a handler, turning ``ServingError`` into its status and anything else into INTERNAL
-    (logged: it is a server bug, not the client's fault)."""
+    """Run a handler and answer what it raised with ``errors.status_of``'s status (an
+    unexpected exception is logged: it is a server bug, not the client's fault)."""
     try:
         return await call()
-    except ServingError as exc:
-        await context.abort(exc.code, exc.message)
-    except TimeoutError:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "request deadline exceeded")
     except asyncio.CancelledError:
         raise
+    except grpc.aio.AbortError:
+        raise  # context.abort was already called
     except Exception as exc:
-        if isinstance(exc, grpc.aio.AbortError):
-            raise
-        log.exception("unexpected error in a gRPC handler")
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        status = status_of(exc)
+        if status.unexpected:
+            log.exception("unexpected error in a gRPC handler")
+        await context.abort(status.code, status.message)
     raise AssertionError("unreachable")  # context.abort always raises
 
 
@@ -92,15 +93,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def _predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
+        started = time.perf_counter()
         ref = model_ref(request.model_spec)
         inputs = {
             name: to_numpy(tensor, name, self._max_bytes) for name, tensor in request.inputs.items()
         }
+        times = PhaseTimes(decode=time.perf_counter() - started)
         remaining = context.time_remaining()
         timeout = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
         result = await self._service.predict(
-            ref, inputs, request.output_filter, "grpc", timeout_s=timeout
+            ref, inputs, request.output_filter, "grpc", timeout_s=timeout, times=times
         )
+        encoding = time.perf_counter()
         response = predict_pb2.PredictResponse()
         spec = response.model_spec
         spec.name = result.model
@@ -109,6 +113,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         outputs = response.outputs
         for name, array in result.outputs.items():
             from_numpy(array, outputs[name])
+        # Serialisation to bytes happens after the handler returns, inside gRPC; proto fields
+        # are filled (the copy of the arrays) here.
+        times.encode = time.perf_counter() - encoding
+        metrics.observe_phases(result.model, str(result.version), "grpc", result.runtime, times)
         return response
 
     async def GetModelMetadata(  # noqa: N802
@@ -126,27 +134,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             unsupported = [f for f in fields if f != "signature_def"]
             if unsupported:
                 raise invalid_argument(f"Metadata field {unsupported[0]} is not supported")
-            servable = self._service.manager.resolve(ref.name, ref.version, ref.label)
-            assert servable.runtime is not None
+            metadata = self._service.metadata(ref)
             packed = any_pb2.Any()
-            packed.Pack(signature_def_map(servable.runtime.signatures))
+            packed.Pack(signature_def_map(metadata.signatures))
             response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = ref.name
-            response.model_spec.version.value = servable.version
+            response.model_spec.name = metadata.name
+            response.model_spec.version.value = metadata.version
             response.metadata["signature_def"].CopyFrom(packed)
             return response
 
         return await _guard(context, call)
 
     async def _unsupported(self, spec: model_pb2.ModelSpec, api: str) -> Any:
-        ref = model_ref(spec)
-        servable = self._service.manager.resolve(ref.name, ref.version, ref.label)
-        signature = self._service.signature(servable, ref.signature_name)
-        raise unimplemented(
-            f"{api} needs a {api.lower()} signature; model '{ref.name}' version "
-            f"{servable.version} signature '{signature.name}' is a Predict signature "
-            f"({signature.method_name}): use Predict"
-        )
+        self._service.unsupported(model_ref(spec), api)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await _guard(context, lambda: self._unsupported(request.model_spec, "Classify"))
@@ -177,8 +177,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             if not spec.name:
                 raise invalid_argument("model_spec.name is required")
             version = spec.version.value if spec.HasField("version") else None
+            versions = self._service.status(ModelRef(spec.name, version))
             return get_model_status_pb2.GetModelStatusResponse(
-                model_version_status=version_statuses(self._service, spec.name, version)
+                model_version_status=version_statuses(versions)
             )
 
         return await _guard(context, call)
@@ -190,7 +191,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             try:
                 configs = from_proto(request.config)
                 # Refused, changing nothing, when a base path is outside the allowed roots.
-                await self._service.manager.apply_config(configs, wait=True)
+                await self._service.reload_config(configs)
             except ConfigError as exc:
                 raise invalid_argument(f"invalid model config: {exc}") from exc
             return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
@@ -207,8 +208,8 @@ class Health:
 
     async def update(self, service: PredictionService, shutting_down: bool = False) -> None:
         """Recompute from the models' state (NOT_SERVING until every model has a version)."""
-        manager = service.manager
-        ready = manager.all_available() and not shutting_down
+        all_ready, models = service.readiness()
+        ready = all_ready and not shutting_down
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if ready
@@ -216,8 +217,8 @@ class Health:
         )
         for name in ("", PREDICTION_SERVICE, MODEL_SERVICE):
             await self.servicer.set(name, status)
-        for name in manager.model_names:
-            model_ready = manager.is_available(name) and not shutting_down
+        for name, model_ready in models.items():
+            model_ready = model_ready and not shutting_down
             await self.servicer.set(
                 name,
                 health_pb2.HealthCheckResponse.SERVING
@@ -248,7 +249,8 @@ def _lenient_parser(message_class: type[Any]) -> Callable[[bytes], Any]:
 def _checked(handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, MalformedMessage):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            status = status_of(invalid_argument(request.message))
+            await context.abort(status.code, status.message)
         return await handler(request, context)
 
     return call
