@@ -63,8 +63,20 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy .
 
-unit: setup
+unit: setup browser
 	$(BIN)/pytest
+
+# Debian's chromium for the Locust web UI test (tests/test_loadtest_webui.py), installed only when
+# missing and only as root with apt-get; elsewhere that test skips and says why.
+.PHONY: browser
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "make browser: apt-get could not install chromium: the web UI test will skip"; \
+	else \
+		echo "make browser: chromium is missing and needs root and apt-get: the web UI test will skip"; \
+	fi
 
 test: lint typecheck unit
 

@@ -148,6 +148,30 @@ def drive(
     }
 
 
+def _phase_sums(rest_url: str, api: str) -> dict[str, tuple[float, float]]:
+    """``{phase: (seconds, requests)}`` of serving_request_phase_seconds for ``api``, summed
+    over models."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{rest_url}/monitoring/prometheus/metrics") as reply:
+        text = reply.read().decode()
+    sums: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "serving_request_phase_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("api") != api:
+                continue
+            entry = sums.setdefault(sample.labels["phase"], [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                entry[0] += sample.value
+            elif sample.name.endswith("_count"):
+                entry[1] += sample.value
+    return {phase: (v[0], v[1]) for phase, v in sums.items()}
+
+
 def latest_version(model_dir: Path) -> Path:
     """The highest integer version directory of a model."""
     return max(model_dir.glob("[0-9]*"), key=lambda p: int(p.name))
@@ -186,6 +210,38 @@ def in_process_images_per_s(
         model.predict("serving_default", {"images": images})
         count += 1
     return count * batch / (time.perf_counter() - start)
+
+
+def _in_process_p50(
+    runtime: str, version_dir: Path, batch: int, duration: float, queue: Any
+) -> None:
+    from serving.runtimes import RuntimeOptions, load_runtime
+
+    model = load_runtime(runtime, version_dir, RuntimeOptions())
+    images = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    for _ in range(20):
+        model.predict("serving_default", {"images": images})
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + duration
+    while time.perf_counter() < stop_at:
+        start = time.perf_counter()
+        model.predict("serving_default", {"images": images})
+        latencies.append(time.perf_counter() - start)
+    queue.put(_percentile(latencies, 0.5) * 1e3)
+
+
+def in_process_p50_ms(runtime: str, version_dir: Path, batch: int, duration: float) -> float:
+    """p50 of ``runtime.predict`` without server or network, in a fresh process (as a server's
+    runtime would be, and keeping TensorFlow out of this one)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(
+        target=_in_process_p50, args=(runtime, version_dir, batch, duration, queue)
+    )
+    process.start()
+    p50 = float(queue.get(timeout=duration + 300))
+    process.join()
+    return p50
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +355,71 @@ def main(argv: list[str] | None = None) -> int:
                     f"{ratio:.3f} ({served['images_per_s']:.0f} vs {local:.0f} img/s)",
                     ">= 0.95",
                 )
+
+    if want("rest_batches"):
+        # The same 32-image request over REST (row format, float32 values as json.dumps writes
+        # them) and gRPC, one at a time; then REST at the load test's heaviest cell.
+        with ServerProcess(config, ["--runtime=onnx"]) as server:
+            grpc_32 = drive("grpc", server.grpc_target, model, 32, 1, d)
+            rest_32 = drive("rest", server.rest_url, model, 32, 1, d)
+            before = _phase_sums(server.rest_url, "rest")
+            rest_256 = drive("rest", server.rest_url, model, 256, 32, d, processes=2)
+            after = _phase_sums(server.rest_url, "rest")
+        # Server time per 256-image request (the server's serving_request_phase_seconds).
+        phases = {
+            phase: (after[phase][0] - before[phase][0])
+            / max(1.0, after[phase][1] - before[phase][1])
+            * 1e3
+            for phase in after
+        }
+        ratio = rest_32["p50_ms"] / grpc_32["p50_ms"]
+        figures["rest_batches"] = {
+            "grpc_32_c1": grpc_32,
+            "rest_32_c1": rest_32,
+            "ratio_32_c1": ratio,
+            "rest_256_c32": rest_256,
+            "rest_256_phase_ms": phases,
+        }
+        add(
+            "32-image p50, c1: REST / gRPC",
+            f"{ratio:.2f}x ({rest_32['p50_ms']:.2f} vs {grpc_32['p50_ms']:.2f} ms)",
+            "<= 2x",
+        )
+        add(
+            "REST 256-image requests, 32 users",
+            f"{rest_256['requests']} ok, {rest_256['errors']} errors, "
+            f"p50 {rest_256['p50_ms']:.0f} ms",
+            "completes requests",
+        )
+        add(
+            "REST 256 images: server decode + encode",
+            f"{phases.get('decode', 0) + phases.get('encode', 0):.1f} ms "
+            f"({phases.get('decode', 0):.1f} + {phases.get('encode', 0):.1f})",
+            "<= 10 ms",
+        )
+
+    if want("served_overhead"):
+        # Served p50 - in-process p50 at batch 1, concurrency 1, per runtime, in one run: what
+        # the server adds around the same runtime.predict call (default thread settings both).
+        version_dir = latest_version(args.models_dir / model)
+        overhead: dict[str, dict[str, float]] = {}
+        for runtime in ("onnx", "tensorflow"):
+            with ServerProcess(config, [f"--runtime={runtime}"]) as server:
+                served = drive("grpc", server.grpc_target, model, 1, 1, d)
+            local = in_process_p50_ms(runtime, version_dir, 1, d)
+            overhead[runtime] = {
+                "served_p50_ms": served["p50_ms"],
+                "in_process_p50_ms": local,
+                "overhead_ms": served["p50_ms"] - local,
+            }
+            add(
+                f"{runtime}: served - in-process p50, 1 image, c1",
+                f"{served['p50_ms'] - local:.3f} ms ({served['p50_ms']:.3f} - {local:.3f})",
+                "",
+            )
+        ratio = overhead["tensorflow"]["overhead_ms"] / overhead["onnx"]["overhead_ms"]
+        figures["served_overhead"] = {**overhead, "ratio": ratio}
+        add("served overhead: tensorflow / onnx", f"{ratio:.2f}x", "<= 1.2x")
 
     if want("tf_batching"):
         batching_file = Path(tempfile.mkdtemp()) / "batching.config"
