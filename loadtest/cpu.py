@@ -8,8 +8,11 @@ the samples are kept and the CPU use over that exact window is interpolated from
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psutil
@@ -140,3 +143,29 @@ class CpuSampler:
             )
         cores = psutil.cpu_count() or 1
         return 100.0 * max(used, 0.0) / ((end - start) * cores)
+
+
+def usable_cpus() -> set[int]:
+    """CPU ids this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(psutil.cpu_count() or 1))
+
+
+@contextmanager
+def pinned(cpus: Collection[int] | None) -> Iterator[None]:
+    """Run the block on ``cpus`` only (``None``: unchanged), then restore the previous affinity.
+
+    Affinity is per thread on Linux and a child process inherits its parent thread's, so a
+    process started inside the block (and everything it starts) stays on ``cpus``; already
+    running threads, such as the CPU sampler's, are not moved.
+    """
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Any
 from loadtest import hdr, payload
 
 MIN_CALLS = 5  # measured calls per cell even when one call outlasts the duration
+SAMPLE_BINS = 10  # throughput samples per measurement window (for the report's intervals)
 
 
 class RepositoryError(RuntimeError):
@@ -74,10 +76,12 @@ def measure_model(
         calls += 1
 
     correct = images = calls = 0
+    finished: list[float] = []  # seconds since the window opened, per call
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     deadline = wall_start + duration_s
     while time.perf_counter() < deadline or calls < MIN_CALLS:
         ok, count = one_call(record=True)
+        finished.append(time.perf_counter() - wall_start)
         correct += ok
         images += count
         calls += 1
@@ -92,9 +96,25 @@ def measure_model(
         "images_per_s": calls * batch_size / wall,
         "accuracy": correct / images if images else math.nan,
         "cpu_percent": 100.0 * cpu / wall,
+        "samples": throughput_samples(finished, wall, batch_size),
         **summary.as_dict(),
         "histogram": hdr.encode(histogram),
     }
+
+
+def throughput_samples(
+    finished: list[float], wall_s: float, batch_size: int, bins: int = SAMPLE_BINS
+) -> list[float]:
+    """Images/s in ``bins`` equal slices of the window, from each call's finishing time; the
+    report bootstraps over them. Fewer calls than bins: one sample per call's share instead."""
+    if not finished or wall_s <= 0:
+        return []
+    bins = max(1, min(bins, len(finished)))
+    width = wall_s / bins
+    counts = [0] * bins
+    for t in finished:
+        counts[min(int(t / width), bins - 1)] += 1
+    return [count * batch_size / width for count in counts]
 
 
 def measure_runtime(
@@ -106,32 +126,52 @@ def measure_runtime(
     duration_s: float,
     warmup_s: float,
     device: str = "cpu",
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Measure every (model, batch size) with runtime ``kind``; runtime facts and one entry each."""
+    """Measure every (model, batch size) ``repeats`` times with runtime ``kind``; runtime facts
+    and one entry per measurement (``repeat`` 0, 1, …), model-major.
+
+    All models are loaded at once and, per batch size, measured in A B B A … order, so that
+    drift (thermal, a noisy neighbour) hits every model alike.
+    """
     from serving.runtimes import RuntimeOptions, load_runtime
 
     test_set = payload.load_test_set()
     entries = []
     described: dict[str, str] = {}
-    for model in models:
-        version_dir = latest_version_dir(models_dir, model)
-        runtime = load_runtime(kind, version_dir, RuntimeOptions(device=device))
-        try:
+    loaded: dict[str, tuple[Any, int]] = {}
+    try:
+        for model in models:
+            version_dir = latest_version_dir(models_dir, model)
+            runtime = load_runtime(kind, version_dir, RuntimeOptions(device=device))
+            loaded[model] = (runtime, int(version_dir.name))
             described = dict(runtime.describe())
-            for batch_size in batch_sizes:
-                entry = measure_model(
-                    runtime,
-                    model=model,
-                    batch_size=batch_size,
-                    duration_s=duration_s,
-                    warmup_s=warmup_s,
-                    test_set=test_set,
-                )
-                entry["version"] = int(version_dir.name)
-                entries.append(entry)
-        finally:
+        for batch_size in batch_sizes:
+            for repeat in range(repeats):
+                for model in interleaved(models, repeat):
+                    runtime, version = loaded[model]
+                    entry = measure_model(
+                        runtime,
+                        model=model,
+                        batch_size=batch_size,
+                        duration_s=duration_s,
+                        warmup_s=warmup_s,
+                        test_set=test_set,
+                    )
+                    entry["version"] = version
+                    entry["repeat"] = repeat
+                    entries.append(entry)
+    finally:
+        for runtime, _ in loaded.values():
             runtime.close()
+    order = {model: i for i, model in enumerate(models)}
+    entries.sort(key=lambda e: (order[e["model"]], e["batch_size"], e["repeat"]))
     return {"runtime": kind, "device": device, "describe": described, "results": entries}
+
+
+def interleaved(models: Sequence[str], repeat: int) -> list[str]:
+    """The order of the models in repetition ``repeat``: A B, then B A, then A B … (A B B A)."""
+    return list(models) if repeat % 2 == 0 else list(reversed(models))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,7 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds per cell")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per cell")
+    parser.add_argument("--cpus", help="pin this process to these CPU ids (comma-separated)")
     args = parser.parse_args(argv)
+    if args.cpus:
+        # Before the runtime starts its thread pools, which size themselves to the affinity.
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     try:
         result = measure_runtime(
             args.runtime,
@@ -158,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_s=args.duration,
             warmup_s=args.warmup,
             device=args.device,
+            repeats=max(1, args.repeats),
         )
     except (RepositoryError, RuntimeError, OSError, ValueError) as exc:
         print(f"in-process measurement failed: {exc}", file=sys.stderr)

@@ -11,38 +11,61 @@ The column names and their order are an interface: users script against them.
 - ``generator_cpu`` and ``server_cpu`` are CPU use in percent of one core (200 = two cores busy)
   of the Locust processes and of the server process tree over the measurement window; for
   in-process rows ``server_cpu`` is the measuring process itself. Empty when not measured.
+- ``repeat`` numbers the repetitions of a cell (0, 1, …; the two models alternate A B B A …).
+  Results written before repetitions existed read back as repeat 0.
+- ``server_decode_ms``, ``server_queue_ms``, ``server_infer_ms``, ``server_encode_ms``: the
+  server's own mean time per request in each phase over the cell (warm-up included), from its
+  ``serving_request_phase_seconds`` histogram. Empty for in-process rows, for servers without
+  that histogram, and for results written before it existed.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast, get_type_hints
 
-COLUMNS: tuple[str, ...] = (
-    "runtime",
-    "device",
-    "model",
-    "protocol",
-    "mode",
-    "batch_size",
-    "concurrency",
-    "requests_per_s",
-    "images_per_s",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "p999_ms",
-    "max_ms",
-    "errors",
-    "accuracy",
-    "generator_cpu",
-    "server_cpu",
-)
-INT_COLUMNS = frozenset({"batch_size", "concurrency", "errors"})
+
+class Row(TypedDict):
+    """One row of ``results.csv``; :data:`COLUMNS` is derived from it, in this order."""
+
+    runtime: str
+    device: str
+    model: str
+    protocol: str
+    mode: str
+    batch_size: int
+    concurrency: int
+    repeat: int
+    requests_per_s: float | None
+    images_per_s: float | None
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    max_ms: float | None
+    errors: int
+    accuracy: float | None
+    generator_cpu: float | None
+    server_cpu: float | None
+    server_decode_ms: float | None
+    server_queue_ms: float | None
+    server_infer_ms: float | None
+    server_encode_ms: float | None
+
+
+COLUMNS: tuple[str, ...] = tuple(get_type_hints(Row))
+SERVER_PHASES: tuple[str, ...] = ("decode", "queue", "infer", "encode")
+# Columns a results file written by an earlier version may lack, with the value they read as.
+_OPTIONAL_COLUMNS: dict[str, Any] = {
+    "repeat": 0,
+    **{f"server_{phase}_ms": None for phase in SERVER_PHASES},
+}
+INT_COLUMNS = frozenset({"batch_size", "concurrency", "repeat", "errors"})
 STR_COLUMNS = frozenset({"runtime", "device", "model", "protocol", "mode"})
 MODES = ("served", "in-process")
 IN_PROCESS_PROTOCOL = "none"
@@ -50,14 +73,18 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 
 
-def normalize(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row with exactly :data:`COLUMNS`, typed: str, int, or float (None when missing/NaN)."""
-    missing = [c for c in COLUMNS if c not in row]
+def normalize(row: Mapping[str, Any]) -> Row:
+    """A row with exactly :data:`COLUMNS`, typed: str, int, or float (None when missing/NaN).
+
+    The columns added since the first results format (``repeat`` and the server phases) may be
+    absent: they read as repeat 0 and empty.
+    """
+    missing = [c for c in COLUMNS if c not in row and c not in _OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"row lacks columns {missing}")
     out: dict[str, Any] = {}
     for column in COLUMNS:
-        value = row[column]
+        value = row.get(column, _OPTIONAL_COLUMNS.get(column))
         if column in STR_COLUMNS:
             out[column] = str(value)
         elif column in INT_COLUMNS:
@@ -69,7 +96,7 @@ def normalize(row: Mapping[str, Any]) -> dict[str, Any]:
             out[column] = None if math.isnan(number) else number
     if out["mode"] not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {out['mode']!r}")
-    return out
+    return cast(Row, out)
 
 
 def _csv_text(value: Any) -> str:
@@ -80,7 +107,7 @@ def _csv_text(value: Any) -> str:
     return str(value)
 
 
-def write_results(run_dir: Path, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def write_results(run_dir: Path, rows: Iterable[Mapping[str, Any]]) -> list[Row]:
     """Write ``results.csv`` and ``results.json`` (a JSON list of row objects) under ``run_dir``."""
     normalized = [normalize(r) for r in rows]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,12 +115,13 @@ def write_results(run_dir: Path, rows: Iterable[Mapping[str, Any]]) -> list[dict
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for row in normalized:
-            writer.writerow([_csv_text(row[c]) for c in COLUMNS])
+            values: Mapping[str, Any] = row
+            writer.writerow([_csv_text(values[c]) for c in COLUMNS])
     (run_dir / RESULTS_JSON).write_text(json.dumps(normalized, indent=1) + "\n")
     return normalized
 
 
-def read_results(run_dir: Path) -> list[dict[str, Any]]:
+def read_results(run_dir: Path) -> list[Row]:
     """Rows of a run directory (``results.json``, else ``results.csv``)."""
     json_path, csv_path = run_dir / RESULTS_JSON, run_dir / RESULTS_CSV
     if json_path.is_file():
@@ -105,3 +133,40 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
         with open(csv_path, newline="") as handle:
             return [normalize(r) for r in csv.DictReader(handle)]
     raise FileNotFoundError(f"no {RESULTS_JSON} or {RESULTS_CSV} in {run_dir}")
+
+
+def sample_key(row: Mapping[str, Any]) -> str:
+    """The key of a row's throughput samples in ``run.json``:
+    ``runtime|device|model|protocol|batch_size|concurrency|repeat``."""
+    return "|".join(
+        str(row[c])
+        for c in ("runtime", "device", "model", "protocol", "batch_size", "concurrency", "repeat")
+    )
+
+
+# Locust workers report to the master every 3 s: in a distributed run the master's per-second
+# history moves in 3-second steps, so its samples are taken over 3 seconds.
+WORKER_REPORT_S = 3
+
+
+def history_samples(
+    path: Path, start: float, end: float, batch_size: int, *, distributed: bool = False
+) -> list[float]:
+    """Images/s per second of the measurement window (per 3 s when ``distributed``), from
+    Locust's ``_stats_history.csv`` (its cumulative request count, written once a second)."""
+    try:
+        with open(path, newline="") as handle:
+            points = [
+                (float(r["Timestamp"]), float(r["Total Request Count"]))
+                for r in csv.DictReader(handle)
+                if r.get("Name") == "Aggregated"
+            ]
+    except (OSError, KeyError, ValueError):
+        return []
+    inside = [(t, n) for t, n in points if start - 0.5 <= t <= end + 0.5]
+    step = WORKER_REPORT_S if distributed else 1
+    samples = []
+    for (t0, n0), (t1, n1) in itertools.pairwise(inside[::step]):
+        if t1 > t0:
+            samples.append((n1 - n0) * batch_size / (t1 - t0))
+    return samples

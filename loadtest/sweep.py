@@ -1,9 +1,12 @@
 """``python -m loadtest``: the grid sweep — servers, Locust runs, in-process floor, report.
 
-For each runtime: measure it in-process (a child process, nothing else running), start
-``python -m serving --runtime R`` on free loopback ports (unless ``--target`` names a running
-server), then run Locust headless once per (model, protocol, batch size, concurrency) cell while
-sampling the CPU of the Locust processes and of the server, and stop the server with SIGTERM.
+For each runtime: measure it in-process (a child process, nothing else running) and profile its
+operators, start ``python -m serving --runtime R`` on free loopback ports (unless ``--target``
+names a running server), then run Locust headless for every (protocol, batch size, concurrency)
+cell, ``--repeats`` times with the two models alternating (A B B A …) so that drift hits both,
+while sampling the CPU of the Locust processes and of the server and scraping the server's own
+per-phase time before and after each cell; stop the server with SIGTERM. ``--server-cpus`` and
+``--generator-cpus`` pin the server (and the in-process floor) and Locust to disjoint cores.
 Everything lands in ``<output>/<run-id>/`` and ``loadtest.report`` renders ``report.md``.
 """
 
@@ -13,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -28,15 +30,25 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 from contract import MODEL_NAMES, MODELS_CONFIG_FILENAME
-from loadtest.cpu import CpuSampler
+from loadtest.cpu import CpuSampler, pinned, usable_cpus
+from loadtest.inprocess import interleaved
+from loadtest.phases import NO_PHASES, PhaseMeans, phase_means, scrape
 from loadtest.recorder import read_run_output
-from loadtest.results import IN_PROCESS_PROTOCOL, write_results
+from loadtest.results import (
+    IN_PROCESS_PROTOCOL,
+    SERVER_PHASES,
+    Row,
+    history_samples,
+    sample_key,
+    write_results,
+)
 
 RUNTIMES: tuple[str, ...] = ("onnx", "tensorflow", "torch")
 PROTOCOLS: tuple[str, ...] = ("grpc", "rest")
@@ -46,11 +58,12 @@ GENERATOR_SATURATED_PERCENT = 90.0  # Locust's own per-process CPU warning thres
 MACHINE_SATURATED_PERCENT = 95.0
 MAX_CONCURRENCY = 1024
 MAX_BATCH_SIZE = 10_000  # the MNIST test set
+MAX_REPEATS = 100
 
 
 @dataclass(frozen=True)
 class Grid:
-    """The axes of a sweep and the time spent per cell."""
+    """The axes of a sweep, the time spent per cell, and how often each cell is measured."""
 
     runtimes: tuple[str, ...]
     models: tuple[str, ...]
@@ -59,16 +72,19 @@ class Grid:
     protocols: tuple[str, ...]
     duration_s: int
     warmup_s: int
+    repeats: int = 1
 
     def served_cells(self) -> list[Cell]:
-        """Every served cell, runtime-major (one server start per runtime)."""
+        """Every served measurement, runtime-major (one server start per runtime); within a
+        (protocol, batch, concurrency) cell the repetitions alternate the models A B B A …"""
         return [
-            Cell(r, m, p, b, c)
+            Cell(r, m, p, b, c, repeat)
             for r in self.runtimes
-            for m in self.models
             for p in self.protocols
             for b in self.batch_sizes
             for c in self.concurrency
+            for repeat in range(self.repeats)
+            for m in interleaved(self.models, repeat)
         ]
 
 
@@ -82,6 +98,7 @@ DEMO_GRID = Grid(
     protocols=PROTOCOLS,
     duration_s=3,
     warmup_s=1,
+    repeats=1,
 )
 
 
@@ -89,8 +106,9 @@ def _torch_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "onnx2torch"))
 
 
-# The full grid: 2 models x 2 protocols x 3 batch sizes x 3 concurrency levels = 36 Locust runs of
-# 2 + 10 s per runtime: about 12 minutes per runtime on 2 cores (torch joins when installed).
+# The full grid: 2 models x 2 protocols x 3 batch sizes x 3 concurrency levels x 3 repetitions =
+# 108 Locust runs of 2 + 10 s per runtime: about 35 minutes per runtime on 2 cores (torch joins
+# when installed).
 FULL_GRID = Grid(
     runtimes=("onnx", "tensorflow", *(("torch",) if _torch_available() else ())),
     models=MODEL_NAMES,
@@ -99,6 +117,7 @@ FULL_GRID = Grid(
     protocols=PROTOCOLS,
     duration_s=10,
     warmup_s=2,
+    repeats=3,
 )
 
 
@@ -111,11 +130,13 @@ class Cell:
     protocol: str
     batch_size: int
     concurrency: int
+    repeat: int = 0
 
     @property
     def slug(self) -> str:
-        """A file-name-safe id: ``onnx-standard-grpc-b32-c8``."""
-        return f"{self.runtime}-{self.model}-{self.protocol}-b{self.batch_size}-c{self.concurrency}"
+        """A file-name-safe id: ``onnx-standard-grpc-b32-c8`` (``-r1`` … for repetitions)."""
+        base = f"{self.runtime}-{self.model}-{self.protocol}-b{self.batch_size}-c{self.concurrency}"
+        return f"{base}-r{self.repeat}" if self.repeat else base
 
 
 @dataclass(frozen=True)
@@ -138,10 +159,13 @@ class SweepConfig:
     server_pid: int | None = None
     processes: int | None = None
     in_process: bool = True
+    opprofile: bool = True
     server_args: tuple[str, ...] = ()
     run_id: str = ""
     startup_timeout_s: float = 180.0
     full: bool = False
+    server_cpus: tuple[int, ...] | None = None
+    generator_cpus: tuple[int, ...] | None = None
     command: list[str] = field(default_factory=list)
 
 
@@ -194,6 +218,27 @@ def _host_port(text: str, flag: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _cpu_list(text: str, flag: str) -> tuple[int, ...]:
+    cpus = _ints_from(text, flag)
+    usable = usable_cpus()
+    outside = sorted(set(cpus) - usable)
+    if outside:
+        raise UsageError(
+            f"{flag}: CPU {', '.join(map(str, outside))} not usable here "
+            f"(usable: {', '.join(map(str, sorted(usable)))})"
+        )
+    return cpus
+
+
+def _ints_from(text: str, flag: str) -> tuple[int, ...]:
+    values = []
+    for item in _split(text, flag):
+        if not item.isdigit():
+            raise UsageError(f"{flag}: {item!r} is not a CPU id")
+        values.append(int(item))
+    return tuple(values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The sweep's command line."""
     demo, full = DEMO_GRID, FULL_GRID
@@ -201,16 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m loadtest",
         description=(
             "Load-test the standard and separable models over gRPC and REST with Locust, per "
-            "runtime, batch size and concurrency, measure each runtime in-process, and write "
-            "reports/<run-id>/ (results.csv, results.json, report.md, plots)."
+            "runtime, batch size and concurrency, measure each runtime in-process, profile its "
+            "operators, and write reports/<run-id>/ (results.csv, ratios.csv, opprofile.csv, "
+            "results.json, report.md, plots)."
         ),
         epilog=(
             f"Without axis flags the demo grid runs (runtimes {','.join(demo.runtimes)}, batch "
             f"sizes {','.join(map(str, demo.batch_sizes))}, concurrency "
             f"{','.join(map(str, demo.concurrency))}, {demo.warmup_s}+{demo.duration_s} s per "
-            f"cell); --full runs batch sizes {','.join(map(str, full.batch_sizes))}, concurrency "
-            f"{','.join(map(str, full.concurrency))}, {full.warmup_s}+{full.duration_s} s per cell."
-            " Axis flags override either."
+            f"cell, {demo.repeats} repetition); --full runs batch sizes "
+            f"{','.join(map(str, full.batch_sizes))}, concurrency "
+            f"{','.join(map(str, full.concurrency))}, {full.warmup_s}+{full.duration_s} s per cell,"
+            f" {full.repeats} repetitions. Axis flags override either."
         ),
     )
     parser.add_argument("--runtimes", help=f"comma-separated: {', '.join(RUNTIMES)}")
@@ -220,12 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocols", help="comma-separated: grpc, rest")
     parser.add_argument("--duration", help="measured seconds per cell (integer)")
     parser.add_argument("--warmup", help="warm-up seconds per cell, not measured (integer)")
+    parser.add_argument(
+        "--repeats",
+        help=f"measurements per cell, models alternating A B B A (default {demo.repeats}, "
+        f"{full.repeats} with --full)",
+    )
     parser.add_argument("--full", action="store_true", help="the full grid (tens of minutes)")
     parser.add_argument(
         "--models-dir", default="models", help="the export's model repository (default: models/)"
     )
     parser.add_argument("--output", default="reports", help="reports root (default: reports/)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (server and in-process)")
+    parser.add_argument(
+        "--server-cpus",
+        help="CPU ids for the server and the in-process floor, e.g. 0 (default: all)",
+    )
+    parser.add_argument(
+        "--generator-cpus",
+        help="CPU ids for Locust, disjoint from --server-cpus, e.g. 1 (default: all)",
+    )
     parser.add_argument(
         "--target",
         help="host:port of a running server's gRPC API to measure instead of starting one "
@@ -237,13 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-pid", help="pid of the --target server, to record its CPU")
     parser.add_argument(
         "--processes",
-        help="Locust worker processes per cell (default: min(concurrency, CPU cores))",
+        help="Locust worker processes per cell (default: min(concurrency, generator cores))",
     )
     parser.add_argument(
         "--in-process",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also measure each runtime in-process, the floor for serving overhead",
+    )
+    parser.add_argument(
+        "--opprofile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also profile each in-process runtime's operators (opprofile.csv; ONNX Runtime)",
     )
     parser.add_argument(
         "--server-args",
@@ -267,63 +333,52 @@ def _positive(text: str, flag: str, *, allow_zero: bool = False) -> int:
     return value
 
 
-def config_from_args(argv: Sequence[str]) -> SweepConfig:
-    """Parse and validate; raises :class:`UsageError` with a one-line message."""
-    args = build_parser().parse_args(argv)
+def _grid_from_args(args: argparse.Namespace) -> Grid:
     base = FULL_GRID if args.full else DEMO_GRID
+
+    def axis(value: str | None, parse: Any, default: Any) -> Any:
+        return parse(value) if value is not None else default
+
     grid = replace(
         base,
-        runtimes=_choices(args.runtimes, "--runtimes", RUNTIMES)
-        if args.runtimes is not None
-        else base.runtimes,
-        models=_choices(args.models, "--models", MODEL_NAMES)
-        if args.models is not None
-        else base.models,
-        batch_sizes=(
-            _ints(args.batch_sizes, "--batch-sizes", MAX_BATCH_SIZE)
-            if args.batch_sizes is not None
-            else base.batch_sizes
+        runtimes=axis(args.runtimes, lambda v: _choices(v, "--runtimes", RUNTIMES), base.runtimes),
+        models=axis(args.models, lambda v: _choices(v, "--models", MODEL_NAMES), base.models),
+        batch_sizes=axis(
+            args.batch_sizes,
+            lambda v: _ints(v, "--batch-sizes", MAX_BATCH_SIZE),
+            base.batch_sizes,
         ),
-        concurrency=(
-            _ints(args.concurrency, "--concurrency", MAX_CONCURRENCY)
-            if args.concurrency is not None
-            else base.concurrency
+        concurrency=axis(
+            args.concurrency,
+            lambda v: _ints(v, "--concurrency", MAX_CONCURRENCY),
+            base.concurrency,
         ),
-        protocols=(
-            _choices(args.protocols, "--protocols", PROTOCOLS)
-            if args.protocols is not None
-            else base.protocols
+        protocols=axis(
+            args.protocols, lambda v: _choices(v, "--protocols", PROTOCOLS), base.protocols
         ),
-        duration_s=(
-            _positive(args.duration, "--duration") if args.duration is not None else base.duration_s
+        duration_s=axis(args.duration, lambda v: _positive(v, "--duration"), base.duration_s),
+        warmup_s=axis(
+            args.warmup, lambda v: _positive(v, "--warmup", allow_zero=True), base.warmup_s
         ),
-        warmup_s=(
-            _positive(args.warmup, "--warmup", allow_zero=True)
-            if args.warmup is not None
-            else base.warmup_s
-        ),
+        repeats=axis(args.repeats, _repeats, base.repeats),
     )
-    if args.device not in DEVICES:
-        raise UsageError(f"--device: expected cpu or cuda, got {args.device!r}")
-    models_dir = Path(args.models_dir).expanduser().resolve()
-    target = None
-    server_pid = None
-    if args.target:
-        host, port = _host_port(args.target, "--target")
-        if len(grid.runtimes) != 1:
-            raise UsageError(
-                "--target measures one running server: name its runtime with --runtimes "
-                "(exactly one)"
-            )
-        rest_host, rest_port = (
-            _host_port(args.rest_target, "--rest-target") if args.rest_target else (host, port + 1)
-        )
-        target = Target(grpc=f"{host}:{port}", rest_url=f"http://{rest_host}:{rest_port}")
-        if args.server_pid:
-            if not args.server_pid.isdigit():
-                raise UsageError(f"--server-pid: expected a process id, got {args.server_pid!r}")
-            server_pid = int(args.server_pid)
-    else:
+    return grid
+
+
+def _repeats(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--repeats: expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_REPEATS:
+        raise UsageError(f"--repeats: {value} is out of range 1..{MAX_REPEATS}")
+    return value
+
+
+def _target_from_args(
+    args: argparse.Namespace, grid: Grid, models_dir: Path
+) -> tuple[Target | None, int | None]:
+    if not args.target:
         for flag in ("rest_target", "server_pid"):
             if getattr(args, flag):
                 raise UsageError(f"--{flag.replace('_', '-')} only goes with --target")
@@ -335,6 +390,46 @@ def config_from_args(argv: Sequence[str]) -> SweepConfig:
                 f"--models-dir: {config_file} not found (export the models first: "
                 "`python -m export` or `make export`)"
             )
+        return None, None
+    host, port = _host_port(args.target, "--target")
+    if len(grid.runtimes) != 1:
+        raise UsageError(
+            "--target measures one running server: name its runtime with --runtimes (exactly one)"
+        )
+    rest_host, rest_port = (
+        _host_port(args.rest_target, "--rest-target") if args.rest_target else (host, port + 1)
+    )
+    target = Target(grpc=f"{host}:{port}", rest_url=f"http://{rest_host}:{rest_port}")
+    server_pid = None
+    if args.server_pid:
+        if not args.server_pid.isdigit():
+            raise UsageError(f"--server-pid: expected a process id, got {args.server_pid!r}")
+        server_pid = int(args.server_pid)
+    return target, server_pid
+
+
+def _pinning_from_args(
+    args: argparse.Namespace,
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    server = _cpu_list(args.server_cpus, "--server-cpus") if args.server_cpus else None
+    generator = _cpu_list(args.generator_cpus, "--generator-cpus") if args.generator_cpus else None
+    if server and generator and set(server) & set(generator):
+        shared = ", ".join(map(str, sorted(set(server) & set(generator))))
+        raise UsageError(
+            f"--server-cpus and --generator-cpus must be disjoint (both have CPU {shared})"
+        )
+    return server, generator
+
+
+def config_from_args(argv: Sequence[str]) -> SweepConfig:
+    """Parse and validate; raises :class:`UsageError` with a one-line message."""
+    args = build_parser().parse_args(argv)
+    grid = _grid_from_args(args)
+    if args.device not in DEVICES:
+        raise UsageError(f"--device: expected cpu or cuda, got {args.device!r}")
+    models_dir = Path(args.models_dir).expanduser().resolve()
+    target, server_pid = _target_from_args(args, grid, models_dir)
+    server_cpus, generator_cpus = _pinning_from_args(args)
     processes = None
     if args.processes is not None:
         processes = _positive(args.processes, "--processes")
@@ -360,10 +455,13 @@ def config_from_args(argv: Sequence[str]) -> SweepConfig:
         server_pid=server_pid,
         processes=processes,
         in_process=args.in_process,
+        opprofile=args.opprofile,
         server_args=server_args,
         run_id=run_id,
         startup_timeout_s=startup_timeout,
         full=args.full,
+        server_cpus=server_cpus,
+        generator_cpus=generator_cpus,
         command=["python", "-m", "loadtest", *argv],
     )
 
@@ -371,12 +469,13 @@ def config_from_args(argv: Sequence[str]) -> SweepConfig:
 # --- measuring ------------------------------------------------------------------------------------
 
 
-def worker_processes(concurrency: int, requested: int | None) -> int:
-    """Locust worker processes for a cell: one per core, never more than users (0 = in-process
-    runner, for a single user)."""
+def worker_processes(concurrency: int, requested: int | None, cores: int | None = None) -> int:
+    """Locust worker processes for a cell: one per core (``cores``: the generator's, default
+    all usable), never more than users (0 = in-process runner, for a single user)."""
     if requested is not None:
         return min(requested, concurrency)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores is None:
+        cores = len(usable_cpus())
     count = min(concurrency, cores or 1)
     return 0 if count <= 1 else count
 
@@ -432,74 +531,42 @@ def locust_command(
 class CellOutcome:
     """The row of a served cell and what else was learnt running it."""
 
-    row: dict[str, Any]
+    row: Row
     details: dict[str, Any]
 
 
-def _nan_row(cell: Cell, device: str, *, errors: int = 0) -> dict[str, Any]:
+def _nan_row(cell: Cell, device: str, *, errors: int = 0) -> Row:
     """The row of a served cell without measurements (``errors`` -1: it could not run)."""
     nan = math.nan
-    return {
-        "runtime": cell.runtime,
-        "device": device,
-        "model": cell.model,
-        "protocol": cell.protocol,
-        "mode": "served",
-        "batch_size": cell.batch_size,
-        "concurrency": cell.concurrency,
-        "requests_per_s": nan,
-        "images_per_s": nan,
-        "p50_ms": nan,
-        "p90_ms": nan,
-        "p99_ms": nan,
-        "p999_ms": nan,
-        "max_ms": nan,
-        "errors": errors,
-        "accuracy": nan,
-        "generator_cpu": nan,
-        "server_cpu": nan,
-    }
+    return Row(
+        runtime=cell.runtime,
+        device=device,
+        model=cell.model,
+        protocol=cell.protocol,
+        mode="served",
+        batch_size=cell.batch_size,
+        concurrency=cell.concurrency,
+        repeat=cell.repeat,
+        requests_per_s=nan,
+        images_per_s=nan,
+        p50_ms=nan,
+        p90_ms=nan,
+        p99_ms=nan,
+        p999_ms=nan,
+        max_ms=nan,
+        errors=errors,
+        accuracy=nan,
+        generator_cpu=nan,
+        server_cpu=nan,
+        server_decode_ms=None,
+        server_queue_ms=None,
+        server_infer_ms=None,
+        server_encode_ms=None,
+    )
 
 
-def run_cell(
-    cell: Cell,
-    config: SweepConfig,
-    target: Target,
-    run_dir: Path,
-    sampler: CpuSampler,
-) -> CellOutcome:
-    """Run Locust for one cell and turn its HDR results and CPU samples into a row."""
-    grid = config.grid
-    processes = worker_processes(cell.concurrency, config.processes)
-    locust_dir = run_dir / "locust"
-    locust_dir.mkdir(parents=True, exist_ok=True)
-    prefix = locust_dir / cell.slug
-    command = locust_command(cell, target, grid, processes, prefix)
-    details: dict[str, Any] = {
-        "cell": cell.slug,
-        "processes": processes,
-        "command": shlex.join(command),
-        "notes": [],
-    }
-    log_path = Path(f"{prefix}.log")
-    timeout = grid.warmup_s + grid.duration_s + 120
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        sampler.track("generator", process.pid)
-        try:
-            returncode = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            returncode = -9
-            details["notes"].append(f"Locust did not finish within {timeout} s and was killed")
-    details["returncode"] = returncode
-    hdr_path = Path(f"{prefix}_hdr.json")
-    if not hdr_path.is_file():
-        details["notes"].append(f"Locust wrote no results (exit {returncode}); see {log_path.name}")
-        return CellOutcome(_nan_row(cell, config.device, errors=-1), details)
-    merged = read_run_output(hdr_path)
-    entry = next(
+def _find_entry(merged: Mapping[str, Any], cell: Cell) -> Mapping[str, Any] | None:
+    return next(
         (
             r
             for r in merged["results"]
@@ -509,10 +576,30 @@ def run_cell(
         ),
         None,
     )
+
+
+def _run_locust(
+    command: list[str], log_path: Path, timeout: float, sampler: CpuSampler, cpus: Any
+) -> tuple[int, str | None]:
+    """Run one Locust command (pinned to ``cpus``) while sampling its CPU; (exit code, note)."""
+    with open(log_path, "wb") as log:
+        with pinned(cpus):
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        sampler.track("generator", process.pid)
+        try:
+            return process.wait(timeout=timeout), None
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return -9, f"Locust did not finish within {timeout} s and was killed"
+
+
+def _window_facts(
+    merged: Mapping[str, Any], sampler: CpuSampler, processes: int, details: dict[str, Any]
+) -> tuple[float | None, float | None]:
+    """CPU use over the measurement window into ``details``; (generator %, server %)."""
     start, end = float(merged["window_start"]), float(merged["window_end"])
-    generator_cpu = sampler.percent("generator", start, end)
     busiest = sampler.busiest_process_percent("generator", start, end)
-    server_cpu = sampler.percent("server", start, end)
     machine = sampler.machine_percent(start, end)
     details.update(
         {
@@ -536,7 +623,57 @@ def run_cell(
             f"load generator saturated: a Locust process used {busiest:.0f}% of a core"
         )
     details["machine_saturated"] = machine is not None and machine >= MACHINE_SATURATED_PERCENT
-    nan = math.nan
+    return sampler.percent("generator", start, end), sampler.percent("server", start, end)
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def run_cell(
+    cell: Cell,
+    config: SweepConfig,
+    target: Target,
+    run_dir: Path,
+    sampler: CpuSampler,
+) -> CellOutcome:
+    """Run Locust for one cell and turn its HDR results, CPU samples and the server's phase
+    histogram into a row."""
+    grid = config.grid
+    cores = len(config.generator_cpus) if config.generator_cpus else None
+    processes = worker_processes(cell.concurrency, config.processes, cores)
+    locust_dir = run_dir / "locust"
+    locust_dir.mkdir(parents=True, exist_ok=True)
+    prefix = locust_dir / cell.slug
+    command = locust_command(cell, target, grid, processes, prefix)
+    details: dict[str, Any] = {
+        "cell": cell.slug,
+        "repeat": cell.repeat,
+        "processes": processes,
+        "command": shlex.join(command),
+        "notes": [],
+    }
+    before = scrape(target.rest_url)
+    returncode, note = _run_locust(
+        command,
+        Path(f"{prefix}.log"),
+        grid.warmup_s + grid.duration_s + 120,
+        sampler,
+        config.generator_cpus,
+    )
+    phases = phase_means(before, scrape(target.rest_url), cell.model, cell.protocol)
+    if note:
+        details["notes"].append(note)
+    details["returncode"] = returncode
+    hdr_path = Path(f"{prefix}_hdr.json")
+    if not hdr_path.is_file():
+        details["notes"].append(
+            f"Locust wrote no results (exit {returncode}); see {prefix.name}.log"
+        )
+        return CellOutcome(_nan_row(cell, config.device, errors=-1), details)
+    merged = read_run_output(hdr_path)
+    generator_cpu, server_cpu = _window_facts(merged, sampler, processes, details)
+    entry = _find_entry(merged, cell)
     if entry is None:
         # Locust ran but no request finished (or failed) before the end: each one takes longer
         # than the run at this concurrency. That is a measurement (zero throughput), not an error.
@@ -545,111 +682,169 @@ def run_cell(
             "concurrency every request took longer than that"
         )
         row = _nan_row(cell, config.device, errors=0)
-        row.update(
-            requests_per_s=0.0,
-            images_per_s=0.0,
-            generator_cpu=generator_cpu if generator_cpu is not None else nan,
-            server_cpu=server_cpu if server_cpu is not None else nan,
-        )
+        row["requests_per_s"] = row["images_per_s"] = 0.0
+        row["generator_cpu"] = _or_nan(generator_cpu)
+        row["server_cpu"] = _or_nan(server_cpu)
         return CellOutcome(row, details)
-    row = {
-        "runtime": cell.runtime,
-        "device": config.device,
-        "model": cell.model,
-        "protocol": cell.protocol,
-        "mode": "served",
-        "batch_size": cell.batch_size,
-        "concurrency": cell.concurrency,
-        **_measured_columns(entry),
-        "errors": entry["failures"],
-        "generator_cpu": generator_cpu if generator_cpu is not None else nan,
-        "server_cpu": server_cpu if server_cpu is not None else nan,
-    }
+    details["samples"] = history_samples(
+        Path(f"{prefix}_stats_history.csv"),
+        float(merged["window_start"]),
+        float(merged["window_end"]),
+        cell.batch_size,
+        distributed=processes > 0,
+    )
+    row = _row(
+        cell.runtime,
+        config.device,
+        cell.model,
+        cell.protocol,
+        cell.batch_size,
+        cell.concurrency,
+        cell.repeat,
+        entry,
+        errors=int(entry["failures"]),
+        generator_cpu=_or_nan(generator_cpu),
+        server_cpu=_or_nan(server_cpu),
+        phases=phases,
+    )
     details["requests"] = entry["requests"]
     return CellOutcome(row, details)
 
 
-# The result columns a Locust cell's summary and an in-process measurement both report.
-_MEASURED_COLUMNS = (
-    "requests_per_s",
-    "images_per_s",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "p999_ms",
-    "max_ms",
-    "accuracy",
-)
+def _row(
+    runtime: str,
+    device: str,
+    model: str,
+    protocol: str,
+    batch_size: int,
+    concurrency: int,
+    repeat: int,
+    entry: Mapping[str, Any],
+    *,
+    errors: int,
+    generator_cpu: float,
+    server_cpu: float,
+    phases: PhaseMeans = NO_PHASES,
+) -> Row:
+    return Row(
+        runtime=runtime,
+        device=device,
+        model=model,
+        protocol=protocol,
+        mode="in-process" if protocol == IN_PROCESS_PROTOCOL else "served",
+        batch_size=batch_size,
+        concurrency=concurrency,
+        repeat=repeat,
+        requests_per_s=entry["requests_per_s"],
+        images_per_s=entry["images_per_s"],
+        p50_ms=entry["p50_ms"],
+        p90_ms=entry["p90_ms"],
+        p99_ms=entry["p99_ms"],
+        p999_ms=entry["p999_ms"],
+        max_ms=entry["max_ms"],
+        errors=errors,
+        accuracy=entry["accuracy"],
+        generator_cpu=generator_cpu,
+        server_cpu=server_cpu,
+        server_decode_ms=phases.decode,
+        server_queue_ms=phases.queue,
+        server_infer_ms=phases.infer,
+        server_encode_ms=phases.encode,
+    )
 
 
-def _measured_columns(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return {column: entry[column] for column in _MEASURED_COLUMNS}
+def _child(command: list[str], log_path: Path, timeout: float, cpus: tuple[int, ...] | None) -> int:
+    """Run a measuring child process on ``cpus`` with its output in ``log_path``."""
+    with open(log_path, "wb") as log, pinned(cpus):
+        try:
+            return subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return -9
 
 
 def run_in_process(
     runtime: str, config: SweepConfig, run_dir: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Measure ``runtime`` in-process in a child process; its rows and facts."""
+) -> tuple[list[Row], dict[str, Any]]:
+    """Measure ``runtime`` in-process in a child process on the server's cores; its rows and
+    facts (``samples``: images/s per slice of each measurement window, by row key)."""
     grid = config.grid
     output = run_dir / f"inprocess-{runtime}.json"
     command = [
         sys.executable,
         "-m",
         "loadtest.inprocess",
-        "--runtime",
-        runtime,
-        "--models-dir",
-        str(config.models_dir),
-        "--models",
-        ",".join(grid.models),
-        "--batch-sizes",
-        ",".join(map(str, grid.batch_sizes)),
-        "--duration",
-        str(grid.duration_s),
-        "--warmup",
-        str(grid.warmup_s),
-        "--device",
-        config.device,
-        "--output",
-        str(output),
+        *("--runtime", runtime, "--models-dir", str(config.models_dir)),
+        *("--models", ",".join(grid.models)),
+        *("--batch-sizes", ",".join(map(str, grid.batch_sizes))),
+        *("--duration", str(grid.duration_s), "--warmup", str(grid.warmup_s)),
+        *("--device", config.device, "--repeats", str(grid.repeats)),
+        *("--output", str(output)),
     ]
     log_path = run_dir / f"inprocess-{runtime}.log"
-    cells = len(grid.models) * len(grid.batch_sizes)
-    timeout = 300 + cells * (grid.duration_s + grid.warmup_s + 30)
-    with open(log_path, "wb") as log:
-        try:
-            returncode = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
-            ).returncode
-        except subprocess.TimeoutExpired:
-            returncode = -9
+    cells = len(grid.models) * len(grid.batch_sizes) * grid.repeats
+    returncode = _child(
+        command, log_path, 300 + cells * (grid.duration_s + grid.warmup_s + 30), config.server_cpus
+    )
     if returncode != 0 or not output.is_file():
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         return [], {"runtime": runtime, "error": f"exit {returncode}: {tail[0]}"}
     measured = json.loads(output.read_text())
-    rows = [
-        {
-            "runtime": runtime,
-            "device": config.device,
-            "model": entry["model"],
-            "protocol": IN_PROCESS_PROTOCOL,
-            "mode": "in-process",
-            "batch_size": entry["batch_size"],
-            "concurrency": 1,
-            **_measured_columns(entry),
-            "errors": 0,
-            "generator_cpu": math.nan,
-            "server_cpu": entry["cpu_percent"],
-        }
-        for entry in measured["results"]
+    rows = []
+    samples = {}
+    for entry in measured["results"]:
+        row = _row(
+            runtime,
+            config.device,
+            entry["model"],
+            IN_PROCESS_PROTOCOL,
+            entry["batch_size"],
+            1,
+            int(entry.get("repeat", 0)),
+            entry,
+            errors=0,
+            generator_cpu=math.nan,
+            server_cpu=entry["cpu_percent"],
+        )
+        rows.append(row)
+        samples[sample_key(row)] = entry.get("samples", [])
+    return rows, {"runtime": runtime, "describe": measured.get("describe", {}), "samples": samples}
+
+
+def run_opprofile(runtime: str, config: SweepConfig, run_dir: Path) -> str | None:
+    """Append ``runtime``'s per-operator profile to ``opprofile.csv`` (on the server's cores);
+    a note when there is none."""
+    from loadtest.opprofile import DEFAULT_BATCH_SIZES, OPPROFILE_CSV, PROFILED_RUNTIMES
+
+    if runtime not in PROFILED_RUNTIMES:
+        return (
+            f"{runtime}: no per-operator profile (only ONNX Runtime's profiler is read; the "
+            "TensorFlow profiler's XPlane trace needs TensorBoard's profile plugin)"
+        )
+    if config.device != "cpu":
+        return f"{runtime}: no per-operator profile on {config.device} (CPU only)"
+    command = [
+        sys.executable,
+        "-m",
+        "loadtest.opprofile",
+        *("--runtime", runtime, "--models-dir", str(config.models_dir)),
+        *("--models", ",".join(config.grid.models)),
+        *("--batch-sizes", ",".join(map(str, DEFAULT_BATCH_SIZES))),
+        *("--output", str(run_dir / OPPROFILE_CSV)),
     ]
-    return rows, {"runtime": runtime, "describe": measured.get("describe", {})}
+    log_path = run_dir / f"opprofile-{runtime}.log"
+    returncode = _child(command, log_path, 900, config.server_cpus)
+    if returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return f"{runtime}: per-operator profile failed (exit {returncode}): {tail[0]}"
+    return None
 
 
 # --- the sweep ------------------------------------------------------------------------------------
 
 
-def _cell_line(row: dict[str, Any], details: dict[str, Any]) -> str:
+def _cell_line(row: Row, details: dict[str, Any]) -> str:
     def fmt(value: Any, spec: str) -> str:
         return (
             "—"
@@ -661,36 +856,152 @@ def _cell_line(row: dict[str, Any], details: dict[str, Any]) -> str:
     where = (
         "in-process" if row["mode"] == "in-process" else f"{row['protocol']} c{row['concurrency']}"
     )
+    repeat = f" r{row['repeat']}" if row["repeat"] else ""
+    server = ""
+    if row["server_infer_ms"] is not None and not math.isnan(row["server_infer_ms"]):
+        phases = "/".join(fmt(row[f"server_{p}_ms"], ".3f") for p in SERVER_PHASES)  # type: ignore[literal-required]
+        server = f", server {phases} ms"
     return (
-        f"{row['runtime']} {row['model']} {where} b{row['batch_size']}: "
+        f"{row['runtime']} {row['model']} {where} b{row['batch_size']}{repeat}: "
         f"{fmt(row['images_per_s'], '.0f')} img/s, p50 {fmt(row['p50_ms'], '.3f')} ms, "
         f"p99 {fmt(row['p99_ms'], '.2f')} ms, {row['errors']} err, "
-        f"CPU gen {fmt(row['generator_cpu'], '.0f')}% srv {fmt(row['server_cpu'], '.0f')}%{flags}"
+        f"CPU gen {fmt(row['generator_cpu'], '.0f')}% srv {fmt(row['server_cpu'], '.0f')}%"
+        f"{server}{flags}"
     )
 
 
-def run_sweep(config: SweepConfig, console: Console | None = None) -> Path:
-    """Run the whole sweep; returns the run directory (report included)."""
-    from loadtest.flops import model_costs
-    from loadtest.machine import machine_info
+@dataclass
+class _Sweep:
+    """What a sweep has measured so far, and its progress display."""
 
-    console = console or Console(stderr=True)
-    grid = config.grid
-    run_dir = config.output / config.run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "command.txt").write_text(shlex.join(config.command) + "\n")
-    (run_dir / "machine.json").write_text(json.dumps(machine_info(), indent=1) + "\n")
+    config: SweepConfig
+    run_dir: Path
+    progress: Progress
+    task: TaskID = field(default_factory=lambda: TaskID(0))
+    rows: list[Row] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    runtimes: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    samples: dict[str, list[float]] = field(default_factory=dict)
 
-    rows: list[dict[str, Any]] = []
-    cells_info: list[dict[str, Any]] = []
-    runtimes_info: list[dict[str, Any]] = []
-    notes: list[str] = []
-    served = grid.served_cells()
-    in_process_count = (
-        len(grid.runtimes) * len(grid.models) * len(grid.batch_sizes) if config.in_process else 0
-    )
-    started = time.time()
-    progress = Progress(
+    def say(self, text: str) -> None:
+        self.progress.console.print(text)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.say(f"[red]{text}")
+
+    def add(self, row: Row, details: dict[str, Any], samples: list[float] | None = None) -> None:
+        self.rows.append(row)
+        if details:
+            self.cells.append(details)
+        if samples:
+            self.samples[sample_key(row)] = samples
+
+    def measure_in_process(self, runtime: str, info: dict[str, Any]) -> None:
+        grid = self.config.grid
+        self.progress.update(self.task, description=f"{runtime}: in-process")
+        rows, facts = run_in_process(runtime, self.config, self.run_dir)
+        self.samples.update(facts.pop("samples", {}))
+        info["in_process"] = facts
+        if "error" in facts:
+            self.note(f"{runtime}: in-process measurement failed: {facts['error']}")
+        for row in rows:
+            self.say(_cell_line(row, {}))
+            self.rows.append(row)
+        if self.config.opprofile:
+            self.progress.update(self.task, description=f"{runtime}: operator profile")
+            missing = run_opprofile(runtime, self.config, self.run_dir)
+            if missing:
+                self.notes.append(missing)
+                self.say(f"[yellow]{missing}")
+        self.progress.advance(self.task, len(grid.models) * len(grid.batch_sizes) * grid.repeats)
+
+    def start_server(self, runtime: str, info: dict[str, Any], sampler: CpuSampler) -> Any:
+        """The started server, or ``None`` when it did not start (noted, its cells NaN)."""
+        from serving.process import ServerProcess
+
+        config = self.config
+        self.progress.update(self.task, description=f"{runtime}: starting server")
+        server = ServerProcess(
+            config.models_dir / MODELS_CONFIG_FILENAME,
+            ["--runtime", runtime, "--device", config.device, *config.server_args],
+            startup_timeout_s=config.startup_timeout_s,
+            log_path=self.run_dir / f"server-{runtime}.log",
+        )
+        try:
+            with pinned(config.server_cpus):
+                server.start()
+        except (RuntimeError, TimeoutError) as exc:
+            self.note(f"{runtime}: the server did not start: {exc}")
+            info["server_error"] = str(exc)
+            return None
+        assert server.process is not None
+        info["server_startup_s"] = round(server.startup_seconds, 2)
+        info["server_command"] = shlex.join(server.command)
+        sampler.track("server", server.process.pid)
+        return server
+
+    def skip(self, cells: Sequence[Cell], why: str) -> None:
+        """Record ``cells`` as not run (errors -1)."""
+        for cell in cells:
+            self.rows.append(_nan_row(cell, self.config.device, errors=-1))
+            self.cells.append({"cell": cell.slug, "repeat": cell.repeat, "notes": [why]})
+            self.progress.advance(self.task)
+
+    def run_cells(
+        self, cells: Sequence[Cell], target: Target, server: Any, sampler: CpuSampler
+    ) -> None:
+        for done, cell in enumerate(cells):
+            self.progress.update(self.task, description=cell.slug)
+            if (
+                server is not None
+                and server.process is not None
+                and server.process.poll() is not None
+            ):
+                why = (
+                    f"the {cell.runtime} server exited with {server.process.returncode}"
+                    f"; see server-{cell.runtime}.log"
+                )
+                self.note(why)
+                self.skip(cells[done:], why)
+                return
+            outcome = run_cell(cell, self.config, target, self.run_dir, sampler)
+            self.add(outcome.row, outcome.details, outcome.details.pop("samples", None))
+            self.say(_cell_line(outcome.row, outcome.details))
+            for note in outcome.details["notes"]:
+                if "saturated" not in note:
+                    self.say(f"  [yellow]{note}")
+            self.progress.advance(self.task)
+
+    def measure_served(self, runtime: str, info: dict[str, Any], sampler: CpuSampler) -> None:
+        config = self.config
+        cells = [c for c in config.grid.served_cells() if c.runtime == runtime]
+        server = None
+        if config.target is None:
+            server = self.start_server(runtime, info, sampler)
+            if server is None:
+                self.skip(cells, "server did not start")
+                return
+            target = Target(grpc=server.grpc_target, rest_url=server.rest_url)
+        else:
+            target = config.target
+            if config.server_pid:
+                sampler.track("server", config.server_pid)
+        try:
+            self.run_cells(cells, target, server, sampler)
+        finally:
+            sampler.untrack("server")
+            if server is not None:
+                self.progress.update(self.task, description=f"{runtime}: stopping server")
+                code = server.stop()
+                info["server_exit_code"] = code
+                if code != 0:
+                    self.notes.append(f"{runtime}: the server exited with {code} on SIGTERM")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description:<44}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -700,111 +1011,79 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> Path:
         console=console,
         transient=False,
     )
-    with CpuSampler() as sampler, progress:
-        task = progress.add_task("starting", total=len(served) + in_process_count)
-        for runtime in grid.runtimes:
-            info: dict[str, Any] = {"runtime": runtime}
-            if config.in_process:
-                progress.update(task, description=f"{runtime}: in-process")
-                ip_rows, ip_info = run_in_process(runtime, config, run_dir)
-                info["in_process"] = ip_info
-                if "error" in ip_info:
-                    notes.append(f"{runtime}: in-process measurement failed: {ip_info['error']}")
-                    progress.console.print(f"[red]{notes[-1]}")
-                for row in ip_rows:
-                    progress.console.print(_cell_line(row, {}))
-                rows.extend(ip_rows)
-                progress.advance(task, len(grid.models) * len(grid.batch_sizes))
-            runtime_cells = [c for c in served if c.runtime == runtime]
-            server = None
-            if config.target is None:
-                from serving.process import ServerProcess
 
-                progress.update(task, description=f"{runtime}: starting server")
-                server = ServerProcess(
-                    config.models_dir / MODELS_CONFIG_FILENAME,
-                    ["--runtime", runtime, "--device", config.device, *config.server_args],
-                    startup_timeout_s=config.startup_timeout_s,
-                    log_path=run_dir / f"server-{runtime}.log",
-                )
-                try:
-                    server.start()
-                except (RuntimeError, TimeoutError) as exc:
-                    notes.append(f"{runtime}: the server did not start: {exc}")
-                    progress.console.print(f"[red]{notes[-1]}")
-                    info["server_error"] = str(exc)
-                    runtimes_info.append(info)
-                    for cell in runtime_cells:
-                        rows.append(_nan_row(cell, config.device, errors=-1))
-                        cells_info.append({"cell": cell.slug, "notes": ["server did not start"]})
-                    progress.advance(task, len(runtime_cells))
-                    continue
-                assert server.process is not None
-                info["server_startup_s"] = round(server.startup_seconds, 2)
-                info["server_command"] = shlex.join(server.command)
-                sampler.track("server", server.process.pid)
-                target = Target(grpc=server.grpc_target, rest_url=server.rest_url)
-            else:
-                target = config.target
-                if config.server_pid:
-                    sampler.track("server", config.server_pid)
-            try:
-                for cell in runtime_cells:
-                    progress.update(task, description=cell.slug)
-                    if (
-                        server is not None
-                        and server.process is not None
-                        and server.process.poll() is not None
-                    ):
-                        raise RuntimeError(
-                            f"the {runtime} server exited with {server.process.returncode}"
-                            f"; see server-{runtime}.log"
-                        )
-                    outcome = run_cell(cell, config, target, run_dir, sampler)
-                    rows.append(outcome.row)
-                    cells_info.append(outcome.details)
-                    progress.console.print(_cell_line(outcome.row, outcome.details))
-                    for note in outcome.details["notes"]:
-                        if "saturated" not in note:
-                            progress.console.print(f"  [yellow]{note}")
-                    progress.advance(task)
-            except RuntimeError as exc:
-                notes.append(str(exc))
-                progress.console.print(f"[red]{exc}")
-                done = {c["cell"] for c in cells_info}
-                for cell in runtime_cells:
-                    if cell.slug not in done:
-                        rows.append(_nan_row(cell, config.device, errors=-1))
-                        cells_info.append({"cell": cell.slug, "notes": [str(exc)]})
-                        progress.advance(task)
-            finally:
-                sampler.untrack("server")
-                if server is not None:
-                    progress.update(task, description=f"{runtime}: stopping server")
-                    code = server.stop()
-                    info["server_exit_code"] = code
-                    if code != 0:
-                        notes.append(f"{runtime}: the server exited with {code} on SIGTERM")
-            runtimes_info.append(info)
-        progress.update(task, description="done")
 
-    write_results(run_dir, rows)
-    run_meta = {
+def _machine(config: SweepConfig) -> dict[str, Any]:
+    from loadtest.machine import machine_info
+
+    info = machine_info()
+    info["pinning"] = {
+        "server_cpus": list(config.server_cpus) if config.server_cpus else None,
+        "generator_cpus": list(config.generator_cpus) if config.generator_cpus else None,
+    }
+    return info
+
+
+def _run_meta(sweep: _Sweep, started: float) -> dict[str, Any]:
+    from loadtest.flops import model_costs
+
+    config = sweep.config
+    return {
         "run_id": config.run_id,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "elapsed_s": round(time.time() - started, 1),
-        "grid": asdict(grid),
+        "grid": asdict(config.grid),
         "full": config.full,
         "device": config.device,
         "models_dir": str(config.models_dir),
         "target": asdict(config.target) if config.target else None,
         "server_args": list(config.server_args),
+        "pinning": {
+            "server_cpus": list(config.server_cpus) if config.server_cpus else None,
+            "generator_cpus": list(config.generator_cpus) if config.generator_cpus else None,
+        },
         "costs": model_costs(config.models_dir),
-        "runtimes": runtimes_info,
-        "cells": cells_info,
-        "notes": notes,
+        "runtimes": sweep.runtimes,
+        "cells": sweep.cells,
+        "samples": sweep.samples,
+        "notes": sweep.notes,
     }
-    (run_dir / "run.json").write_text(json.dumps(run_meta, indent=1, default=str) + "\n")
+
+
+def run_sweep(config: SweepConfig, console: Console | None = None) -> Path:
+    """Run the whole sweep; returns the run directory (results, ratios and run facts written;
+    ``loadtest.report.render`` writes the report)."""
+    from loadtest.report.analysis import write_ratios
+
+    console = console or Console(stderr=True)
+    grid = config.grid
+    run_dir = config.output / config.run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "command.txt").write_text(shlex.join(config.command) + "\n")
+    (run_dir / "machine.json").write_text(json.dumps(_machine(config), indent=1) + "\n")
+    sweep = _Sweep(config, run_dir, _progress(console))
+    in_process_steps = (
+        len(grid.runtimes) * len(grid.models) * len(grid.batch_sizes) * grid.repeats
+        if config.in_process
+        else 0
+    )
+    started = time.time()
+    with CpuSampler() as sampler, sweep.progress:
+        sweep.task = sweep.progress.add_task(
+            "starting", total=len(grid.served_cells()) + in_process_steps
+        )
+        for runtime in grid.runtimes:
+            info: dict[str, Any] = {"runtime": runtime}
+            if config.in_process:
+                sweep.measure_in_process(runtime, info)
+            sweep.measure_served(runtime, info, sampler)
+            sweep.runtimes.append(info)
+        sweep.progress.update(sweep.task, description="done")
+    write_results(run_dir, sweep.rows)
+    (run_dir / "run.json").write_text(
+        json.dumps(_run_meta(sweep, started), indent=1, default=str) + "\n"
+    )
+    write_ratios(run_dir)
     return run_dir
 
 

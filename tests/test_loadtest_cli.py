@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from loadtest import sweep
+from loadtest.opprofile import OP_COLUMNS, OP_KINDS
+from loadtest.report.analysis import RATIO_COLUMNS
+from loadtest.results import COLUMNS
 
 
 @pytest.fixture
@@ -38,6 +44,14 @@ def models_dir(tmp_path):
         (["--server-args=--runtime onnx"], "--server-args: give runtimes with --runtimes"),
         (["--run-id", "a/b"], "--run-id: 'a/b' is not a directory name"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--repeats", "0"], "--repeats: 0 is out of range 1..100"),
+        (["--repeats", "two"], "--repeats: expected a whole number"),
+        (["--server-cpus", "0,x"], "--server-cpus: 'x' is not a CPU id"),
+        (["--server-cpus", "4096"], "--server-cpus: CPU 4096 not usable here"),
+        (
+            ["--server-cpus", "0", "--generator-cpus", "0"],
+            "--server-cpus and --generator-cpus must be disjoint (both have CPU 0)",
+        ),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(flags, message, models_dir, capsys):
@@ -84,6 +98,36 @@ def test_default_is_the_short_demo_grid_and_full_is_one_flag_away(models_dir):
     assert narrowed.grid.runtimes == ("onnx",)
     assert narrowed.grid.duration_s == 4
     assert narrowed.grid.batch_sizes == (1, 32, 256)
+    # Repetitions: 1 for the demo, 3 with --full, --repeats overrides either.
+    assert demo.grid.repeats == 1 and full.grid.repeats == 3
+    assert len(full.grid.served_cells()) == 3 * len(
+        sweep.replace(full.grid, repeats=1).served_cells()
+    )
+    again = sweep.config_from_args(["--models-dir", str(models_dir), "--repeats", "4"])
+    assert again.grid.repeats == 4 and again.grid.batch_sizes == demo.grid.batch_sizes
+
+
+def test_repetitions_alternate_the_models_a_b_b_a(models_dir):
+    config = sweep.config_from_args(
+        [
+            *("--models-dir", str(models_dir), "--runtimes", "onnx", "--protocols", "grpc"),
+            *("--batch-sizes", "1", "--concurrency", "1", "--repeats", "4"),
+        ]
+    )
+    cells = config.grid.served_cells()
+    assert [(c.model, c.repeat) for c in cells] == [
+        ("standard", 0),
+        ("separable", 0),
+        ("separable", 1),
+        ("standard", 1),
+        ("standard", 2),
+        ("separable", 2),
+        ("separable", 3),
+        ("standard", 3),
+    ]
+    # Repetition 0 keeps the slug of runs without repetitions.
+    assert cells[0].slug == "onnx-standard-grpc-b1-c1"
+    assert cells[2].slug == "onnx-separable-grpc-b1-c1-r1"
 
 
 def test_axis_values_are_deduplicated_in_order(models_dir):
@@ -106,3 +150,87 @@ def test_worker_processes_follow_concurrency_and_cores():
     assert sweep.worker_processes(8, 3) == 3
     assert sweep.worker_processes(2, 8) == 2
     assert 0 <= sweep.worker_processes(32, None) <= 32
+    assert sweep.worker_processes(32, None, cores=1) == 0  # pinned to one core: local runner
+    assert sweep.worker_processes(32, None, cores=2) == 2
+
+
+def test_pinned_runs_a_child_on_the_given_cores_and_restores_the_affinity():
+    from loadtest.cpu import pinned, usable_cpus
+
+    before = usable_cpus()
+    cpu = min(before)
+    with pinned([cpu]):
+        child = subprocess.run(
+            [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert child.stdout.strip() == f"[{cpu}]"
+    assert usable_cpus() == before
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to split")
+def test_a_repeated_pinned_sweep_writes_results_ratios_and_the_operator_profile(
+    model_repository, tmp_path
+):
+    server_cpu, generator_cpu = sorted(os.sched_getaffinity(0))[:2]
+    output = tmp_path / "reports"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest",
+            *("--models-dir", str(model_repository), "--output", str(output)),
+            *("--runtimes", "onnx", "--batch-sizes", "2", "--concurrency", "1"),
+            *("--protocols", "grpc", "--duration", "2", "--warmup", "0", "--repeats", "2"),
+            *("--server-cpus", str(server_cpu), "--generator-cpus", str(generator_cpu)),
+            *("--run-id", "pinned"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = output / "pinned"
+    with open(run_dir / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == COLUMNS
+    # 2 models x 2 repetitions, in-process and served.
+    assert sorted((r["mode"], r["model"], r["repeat"]) for r in rows) == sorted(
+        (mode, model, repeat)
+        for mode in ("in-process", "served")
+        for model in ("standard", "separable")
+        for repeat in ("0", "1")
+    )
+    for row in rows:
+        assert row["errors"] == "0" and float(row["images_per_s"]) > 0
+        if row["mode"] == "served":
+            # The server's own phases, scraped around the cell.
+            assert 0 < float(row["server_infer_ms"]) < float(row["p99_ms"]) * 10
+            assert float(row["server_decode_ms"]) >= 0 and float(row["server_encode_ms"]) >= 0
+    with open(run_dir / "ratios.csv", newline="") as handle:
+        ratios = list(csv.DictReader(handle))
+    assert tuple(ratios[0]) == RATIO_COLUMNS
+    assert sorted(r["mode"] for r in ratios) == ["in-process", "served"]
+    for ratio in ratios:
+        assert ratio["repeats"] == "2"
+        low, median, high = (float(ratio[c]) for c in ("ratio_low", "ratio_median", "ratio_high"))
+        assert 0 < low <= median <= high
+    with open(run_dir / "opprofile.csv", newline="") as handle:
+        profile = list(csv.DictReader(handle))
+    assert tuple(profile[0]) == OP_COLUMNS
+    assert {(r["model"], r["batch_size"]) for r in profile} == {
+        (m, b) for m in ("standard", "separable") for b in ("1", "32", "256")
+    }
+    assert {r["op_kind"] for r in profile} == set(OP_KINDS)
+    pinning = {"server_cpus": [server_cpu], "generator_cpus": [generator_cpu]}
+    assert json.loads((run_dir / "machine.json").read_text())["pinning"] == pinning
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["pinning"] == pinning and meta["grid"]["repeats"] == 2
+    assert len(meta["samples"]) == 8  # throughput samples of every measurement
+    report = (run_dir / "report.md").read_text()
+    assert f"CPU split: server and in-process floor on CPU {server_cpu}, Locust on CPU" in report
+    assert "## Server breakdown" in report and "(plots/server_breakdown.png)" in report
+    assert "(plots/opprofile.png)" in report

@@ -1,9 +1,11 @@
-"""The report renders from saved results: tables, non-blank plots, a verdict from the data."""
+"""The report renders from saved results: tables, non-blank plots, ratios with intervals and
+flags, the server's breakdown, the operator profile, and a verdict built from the numbers."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,11 +13,26 @@ import pytest
 from PIL import Image
 
 from loadtest import report
-from loadtest.flops import REFERENCE_COSTS, model_costs
-from loadtest.results import COLUMNS, read_results, write_results
+from loadtest.flops import REFERENCE_COSTS, TRAINING_METRICS_IN_VERSION, model_costs
+from loadtest.opprofile import GraphCosts, conv_kind
+from loadtest.phases import parse_phase_totals, phase_means
+from loadtest.report.analysis import (
+    FLAG_INTERFERENCE,
+    FLAG_NO_DIFFERENCE,
+    FLAG_NO_REQUEST,
+    FLAG_SINGLE,
+    RATIO_COLUMNS,
+    Measurement,
+    compute_ratios,
+    ratio_interval,
+    stable,
+)
+from loadtest.report.data import Index, load_run
+from loadtest.results import COLUMNS, read_results, sample_key, write_results
 
 FIXTURE = Path(__file__).parent / "data" / "loadtest_run"
-PLOTS = {
+REPO = Path(__file__).parent.parent
+BASE_PLOTS = {
     "flops_vs_reality.png",
     "latency_vs_concurrency.png",
     "throughput_vs_batch.png",
@@ -42,12 +59,28 @@ def assert_non_blank_png(path: Path) -> None:
         assert background < 0.97 * rgb.width * rgb.height, f"{path.name} is almost empty"
 
 
-def test_fixture_has_the_issue_columns():
+def test_results_written_before_repetitions_read_back_as_repeat_0(run_dir):
+    # The fixture is a run from before `repeat` and the server phases existed.
     with open(FIXTURE / "results.csv", newline="") as handle:
+        old_header = tuple(next(csv.reader(handle)))
+    assert "repeat" not in old_header and "server_infer_ms" not in old_header
+    rows = read_results(run_dir)
+    assert {r["repeat"] for r in rows} == {0}
+    assert all(r["server_infer_ms"] is None for r in rows)
+    (run_dir / "results.json").unlink()  # the CSV alone reads the same way
+    from_csv = read_results(run_dir)
+    assert len(from_csv) == len(rows) and {r["repeat"] for r in from_csv} == {0}
+    assert all(r["server_decode_ms"] is None for r in from_csv)
+    write_results(run_dir, rows)
+    with open(run_dir / "results.csv", newline="") as handle:
         assert tuple(next(csv.reader(handle))) == COLUMNS
-    rows = json.loads((FIXTURE / "results.json").read_text())
-    assert all(tuple(row) == COLUMNS for row in rows)
-    assert {r["mode"] for r in rows} == {"served", "in-process"}
+    assert COLUMNS.index("repeat") == COLUMNS.index("concurrency") + 1
+    assert COLUMNS[-4:] == (
+        "server_decode_ms",
+        "server_queue_ms",
+        "server_infer_ms",
+        "server_encode_ms",
+    )
 
 
 def test_report_has_every_section_and_every_plot_is_a_non_blank_png(run_dir):
@@ -55,23 +88,57 @@ def test_report_has_every_section_and_every_plot_is_a_non_blank_png(run_dir):
     text = path.read_text()
     for heading in (
         "## Verdict",
+        "## Method",
         "## FLOPs vs reality",
+        "## Ratios per cell",
         "## Summary per runtime",
         "## Latency vs concurrency",
         "## Throughput vs batch size",
         "## Serving overhead",
+        "## Server breakdown",
+        "## Per-operator profile",
         "## Setup",
     ):
         assert heading in text
     assert "3.93x" in text
+    assert "CPU split: none" in text
     pngs = {p.name: p for p in (run_dir / "plots").glob("*.png")}
-    assert set(pngs) == PLOTS
+    assert set(pngs) == BASE_PLOTS  # no phases or operator profile in this old run
     for name, png in pngs.items():
         assert f"(plots/{name})" in text
         assert_non_blank_png(png)
-    # Every runtime gets its summary table.
     for runtime in {r["runtime"] for r in read_results(run_dir)}:
         assert f"### {runtime} on cpu" in text
+    with open(run_dir / "ratios.csv", newline="") as handle:
+        ratios = list(csv.DictReader(handle))
+    assert tuple(ratios[0]) == RATIO_COLUMNS
+    # 2 runtimes x (in-process 2 batches + 2 protocols x 2 batches x 2 concurrency levels).
+    assert len(ratios) == 2 * (2 + 8)
+
+
+def test_committed_full_grid_still_renders(tmp_path):
+    target = tmp_path / "cpu-2core"
+    shutil.copytree(REPO / "results" / "cpu-2core", target)
+    text = report.render(target).read_text()
+    with open(target / "ratios.csv", newline="") as handle:
+        ratios = {
+            (r["runtime"], r["protocol"], r["batch_size"], r["concurrency"]): r
+            for r in csv.DictReader(handle)
+        }
+    # Its Locust histories give served cells an interval even without repetitions; the
+    # in-process rows (no samples then) have none.
+    assert ratios[("onnx", "grpc", "32", "1")]["ratio_low"] != ""
+    assert FLAG_SINGLE in ratios[("onnx", "none", "32", "1")]["flag"]
+    # The README's old headline cell: separable 2.39x over gRPC at batch 32 against 1.52x
+    # in-process is interference, not a result.
+    assert FLAG_INTERFERENCE in ratios[("onnx", "grpc", "32", "1")]["flag"]
+    assert "2.39x" not in text.split("## Verdict")[1].split("suspect")[0]
+    # A cell where no request completed shows no accuracy.
+    rest = [
+        line for line in text.splitlines() if line.startswith("| separable | REST | 256 | 32 |")
+    ]
+    assert rest and all(line.split("|")[14].strip() == "—" for line in rest)
+    assert FLAG_NO_REQUEST in ratios[("onnx", "rest", "256", "32")]["flag"]
 
 
 def test_rerender_and_compare_from_the_command_line(run_dir, tmp_path, capsys):
@@ -84,8 +151,8 @@ def test_rerender_and_compare_from_the_command_line(run_dir, tmp_path, capsys):
     for row in rows:
         if row["mode"] == "served" and row["images_per_s"]:
             row["images_per_s"] *= 2
-            row["requests_per_s"] *= 2
-            row["p50_ms"] /= 2
+            row["requests_per_s"] = (row["requests_per_s"] or 0) * 2
+            row["p50_ms"] = (row["p50_ms"] or 0) / 2
     write_results(other, rows)
     out_dir = tmp_path / "cmp"
     assert report.main(["--compare", str(run_dir), str(other), "--output", str(out_dir)]) == 0
@@ -96,13 +163,13 @@ def test_rerender_and_compare_from_the_command_line(run_dir, tmp_path, capsys):
 
 
 def test_compare_pairs_different_runtimes_cell_by_cell(run_dir, tmp_path):
-    # B: the onnx cells renamed to another runtime with twice the throughput, as a GPU run of
-    # the torch runtime is compared with ONNX Runtime on a CPU machine.
     other = tmp_path / "gpu"
     shutil.copytree(run_dir, other)
-    rows = [dict(r, runtime="torch") for r in read_results(other) if r["runtime"] == "onnx"]
-    for row in rows:
-        row["images_per_s"] *= 2
+    rows = [
+        dict(r, runtime="torch", images_per_s=(r["images_per_s"] or 0.0) * 2)
+        for r in read_results(other)
+        if r["runtime"] == "onnx"
+    ]
     write_results(other, rows)
     out_dir = tmp_path / "cmp"
     argv = ["--compare", str(run_dir), str(other), "--output", str(out_dir)]
@@ -120,82 +187,310 @@ def test_report_cli_rejects_a_directory_without_results(tmp_path, capsys):
     assert "no results.json or results.csv" in capsys.readouterr().err
 
 
-def _rows(std_ip: float, sep_ip: float, std_served: float, sep_served: float) -> list[dict]:
-    """A tiny run: onnx, batch 1 and 32, in-process and gRPC at one user (p50 in ms)."""
-    rows = []
-    for batch, scale in ((1, 1.0), (32, 8.0)):
-        for model, ip, served in (
-            ("standard", std_ip, std_served),
-            ("separable", sep_ip, sep_served),
-        ):
-            for mode, protocol, p50 in (("in-process", "none", ip), ("served", "grpc", served)):
-                latency = p50 * scale
-                rows.append(
-                    {
-                        "runtime": "onnx",
-                        "device": "cpu",
-                        "model": model,
-                        "protocol": protocol,
-                        "mode": mode,
-                        "batch_size": batch,
-                        "concurrency": 1,
-                        "requests_per_s": 1000 / latency,
-                        "images_per_s": 1000 / latency * batch,
-                        "p50_ms": latency,
-                        "p90_ms": latency * 1.2,
-                        "p99_ms": latency * 2,
-                        "p999_ms": latency * 3,
-                        "max_ms": latency * 4,
-                        "errors": 0,
-                        "accuracy": 0.98,
-                        "generator_cpu": 40.0 if mode == "served" else None,
-                        "server_cpu": 90.0,
-                    }
-                )
-    return rows
+# --- ratios, intervals and flags ------------------------------------------------------------------
 
 
-def test_verdict_follows_the_numbers():
-    costs = REFERENCE_COSTS
-    # Overhead-dominated: 0.2 ms of compute inside 2 ms served requests, kernels 1.3x faster.
-    overhead_bound = report.verdict(_rows(0.20, 0.154, 2.0, 1.95), costs)
-    assert "never shows up in full" in overhead_bound
-    assert "Per-request overhead explains most of it" in overhead_bound
-    assert "Even without a server the kernels do not deliver" in overhead_bound
-    # Compute-bound and faithful to the MACs: 3.8x in-process and served.
-    faithful = report.verdict(_rows(4.0, 1.05, 4.2, 1.1), costs)
-    assert faithful != overhead_bound
-    assert "The saving shows up" in faithful
-    assert "3.81x" in faithful
-    assert "Serving overhead is not what hides the saving" in faithful
-    assert "the kernels deliver much of the saving" in faithful
-    # The separable model slower than the standard one.
-    slower = report.verdict(_rows(1.0, 1.5, 2.0, 3.0), costs)
-    assert "the separable model is even slower" in slower
-    assert len({overhead_bound, faithful, slower}) == 3
-
-
-def test_verdict_of_the_fixture_changes_when_its_numbers_change(run_dir):
-    rows = read_results(run_dir)
-    costs = model_costs(None)
-    before = report.verdict(rows, costs)
-    by_key = {
-        (r["runtime"], r["protocol"], r["batch_size"], r["concurrency"]): r
-        for r in rows
-        if r["model"] == "standard"
+def _row(model, mode, protocol, batch, repeat, ips, **extra) -> dict:
+    rate = ips / batch
+    p50 = 1000.0 / rate if rate else None
+    return {
+        "runtime": "onnx",
+        "device": "cpu",
+        "model": model,
+        "protocol": protocol,
+        "mode": mode,
+        "batch_size": batch,
+        "concurrency": 1,
+        "repeat": repeat,
+        "requests_per_s": rate,
+        "images_per_s": ips,
+        "p50_ms": p50,
+        "p90_ms": p50,
+        "p99_ms": p50,
+        "p999_ms": p50,
+        "max_ms": p50,
+        "errors": 0,
+        "accuracy": 0.98,
+        "generator_cpu": 40.0 if mode == "served" else None,
+        "server_cpu": 90.0,
+        **extra,
     }
-    for row in rows:
-        if row["model"] == "separable" and row["p50_ms"]:
-            twin = by_key[(row["runtime"], row["protocol"], row["batch_size"], row["concurrency"])]
-            row["p50_ms"] = twin["p50_ms"] / 3.9
-    after = report.verdict(rows, costs)
-    assert after != before
-    assert "The saving shows up" in after
 
 
-def test_costs_come_from_the_export_report(exported_repository):
+def _run(tmp_path: Path, rows: list[dict], samples: dict | None = None, opprofile: str = ""):
+    write_results(tmp_path, rows)
+    meta = {"run_id": "t", "costs": REFERENCE_COSTS, "samples": samples or {}}
+    (tmp_path / "run.json").write_text(json.dumps(meta))
+    if opprofile:
+        (tmp_path / "opprofile.csv").write_text(opprofile)
+    return load_run(tmp_path)
+
+
+def _pairs(mode, protocol, std, sep, batch=32, **extra) -> list[dict]:
+    """Repetitions of both models in one cell: std and sep are images/s per repetition."""
+    return [
+        _row(model, mode, protocol, batch, repeat, value, **extra)
+        for model, values in (("standard", std), ("separable", sep))
+        for repeat, value in enumerate(values)
+    ]
+
+
+def test_ratio_interval_bootstraps_repetitions_and_samples():
+    standard = [Measurement(100.0, (95.0, 105.0, 100.0)), Measurement(102.0, (100.0, 104.0))]
+    separable = [Measurement(150.0, (140.0, 160.0, 150.0)), Measurement(153.0, (150.0, 156.0))]
+    result = ratio_interval(standard, separable)
+    assert result is not None
+    median, low, high, has_interval = result
+    assert median == pytest.approx((1.5 + 1.5) / 2)
+    assert has_interval and low < median < high and high < 1.7 and low > 1.3
+    assert ratio_interval(standard, separable) == (median, low, high, True)  # fixed seed
+    single = ratio_interval([Measurement(100.0, ())], [Measurement(150.0, ())])
+    assert single == (1.5, 1.5, 1.5, False)
+    assert ratio_interval([Measurement(0.0, ())], [Measurement(150.0, ())]) is None
+
+
+def test_stability_rule_like_perf_analyzer():
+    assert stable([100.0]) is None
+    assert stable([100.0, 105.0, 98.0]) is True
+    assert stable([100.0, 160.0, 80.0, 100.0, 104.0, 99.0]) is True  # the last three agree
+    assert stable([100.0, 150.0, 70.0]) is False
+
+
+def test_an_interval_containing_1_is_no_measurable_difference(tmp_path):
+    rows = _pairs("in-process", "none", [1000, 1010, 990], [1005, 995, 1000])
+    (ratio,) = compute_ratios(_run(tmp_path, rows))
+    assert (ratio["ratio_low"] or 0) < 1 < (ratio["ratio_high"] or 0)
+    assert FLAG_NO_DIFFERENCE in ratio["flag"]
+    text = report.verdict([ratio], REFERENCE_COSTS)
+    assert "No measurable difference (the interval contains 1) in-process" in text
+    assert "largest measured speedup" not in text
+
+
+def test_served_above_in_process_beyond_its_interval_is_suspect_and_never_headlined(tmp_path):
+    rows = _pairs("in-process", "none", [1000, 1010, 990], [1500, 1490, 1510])
+    rows += _pairs("served", "grpc", [300, 305, 298], [700, 690, 710])
+    ratios = compute_ratios(_run(tmp_path, rows))
+    by_mode = {r["mode"]: r for r in ratios}
+    assert FLAG_INTERFERENCE in by_mode["served"]["flag"]
+    assert FLAG_INTERFERENCE not in by_mode["in-process"]["flag"]
+    text = report.verdict(ratios, REFERENCE_COSTS)
+    headline = re.search(r"The largest measured speedup is ([0-9.]+)x", text)
+    assert headline and headline.group(1) == f"{by_mode['in-process']['ratio_median']:.2f}"
+    assert "flagged `suspect: interference` and not used as the headline" in text
+    assert "served over gRPC on onnx/cpu at batch 32 (2.33x" in text
+
+
+def test_a_cell_without_completed_requests_has_no_ratio_and_no_accuracy(tmp_path):
+    rows = _pairs("in-process", "none", [1000], [1500])
+    rows += _pairs("served", "rest", [0.0], [0.0], batch=32)
+    run = _run(tmp_path, rows)
+    served = next(r for r in compute_ratios(run) if r["mode"] == "served")
+    assert served["ratio_median"] is None and FLAG_NO_REQUEST in served["flag"]
+    text = report.render(tmp_path).read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| standard | REST | 32 |")]
+    assert lines and lines[0].split("|")[14].strip() == "—"  # accuracy column
+    assert "0.9800" in text  # the in-process rows keep theirs
+
+
+def test_samples_narrow_a_single_measurement_into_an_interval(tmp_path):
+    rows = _pairs("in-process", "none", [1000], [1500])
+    keys = {r["model"]: sample_key(r) for r in rows}
+    samples = {keys["standard"]: [990, 1010, 1000, 1000], keys["separable"]: [1490, 1510, 1500]}
+    (ratio,) = compute_ratios(_run(tmp_path, rows, samples))
+    assert FLAG_SINGLE not in ratio["flag"]
+    assert 1.45 < (ratio["ratio_low"] or 0) < 1.5 < (ratio["ratio_high"] or 0) < 1.55
+
+
+def test_server_breakdown_and_inference_check(tmp_path):
+    rows = _pairs("in-process", "none", [3200, 3200], [4800, 4800])  # 10 ms and ~6.7 ms a call
+    phases = {"server_decode_ms": 0.2, "server_queue_ms": 0.0, "server_encode_ms": 0.1}
+    rows += _pairs("served", "grpc", [1600, 1600], [2000, 2000], server_infer_ms=10.2, **phases)
+    run = _run(tmp_path, rows)
+    flags = {r["mode"]: r["flag"] for r in compute_ratios(run)}
+    # standard: 10.2 ms served vs 10 ms in-process agree; separable: 10.2 vs 6.67 do not.
+    assert "server inference differs from in-process (separable" in flags["served"]
+    assert "(standard" not in flags["served"]
+    text = report.render(tmp_path).read_text()
+    table = text.split("## Server breakdown")[1].split("##")[0]
+    # standard: 20 ms client mean = 9.5 client + transport + 0.3 framework + 10.2 inference.
+    assert (
+        "| onnx/cpu | standard | gRPC | 32 | 1 | 20.00 | 9.50 | 0.200 | 0.000 | 0.100 | 10.20 |"
+        in table
+    )
+    assert "⚠" in table
+    assert_non_blank_png(tmp_path / "plots" / "server_breakdown.png")
+    assert "outside the model" in text.split("## Method")[0]
+
+
+OPPROFILE = """runtime,device,model,batch_size,op_kind,ms,macs,gmacs_per_s
+onnx,cpu,standard,32,standard conv,2.9,77598720,26.8
+onnx,cpu,standard,32,dense,0.5,13189120,26.4
+onnx,cpu,standard,32,pooling,0.5,0,
+onnx,cpu,standard,32,rest,0.2,0,
+onnx,cpu,standard,32,call overhead,0.1,0,
+onnx,cpu,separable,32,depthwise,0.18,1309824,7.3
+onnx,cpu,separable,32,pointwise,0.33,8622080,26.1
+onnx,cpu,separable,32,dense,0.43,13189120,30.7
+onnx,cpu,separable,32,pooling,0.14,0,
+onnx,cpu,separable,32,rest,0.18,0,
+onnx,cpu,separable,32,call overhead,0.09,0,
+"""
+
+
+def test_explanations_only_where_the_operator_profile_shows_them(tmp_path):
+    rows = _pairs("in-process", "none", [1000, 1010, 990], [1500, 1490, 1510])
+    without = report.verdict(compute_ratios(_run(tmp_path, rows)), REFERENCE_COSTS)
+    assert "GMAC/s" not in without and "dense" not in without
+    run = _run(tmp_path, rows, opprofile=OPPROFILE)
+    text = report.render(tmp_path).read_text()
+    verdict = text.split("## Verdict")[1].split("## Method")[0]
+    # Depthwise at 7.3 GMAC/s against 26.8 for standard convolutions; dense 32% of 1.35 ms.
+    assert "they reach 7.3 GMAC/s against 26.8 GMAC/s" in verdict
+    assert "take 32% at batch 32 (0.430 ms) of the separable model's time" in verdict
+    assert "per-call costs" not in verdict  # rest + overhead are 20% here, under the rule's 30%
+    assert_non_blank_png(tmp_path / "plots" / "opprofile.png")
+    assert len(run.opprofile) == 11
+
+
+def test_verdict_sentences_change_with_the_numbers(tmp_path):
+    costs = REFERENCE_COSTS
+    faster = compute_ratios(
+        _run(tmp_path / "a", _pairs("in-process", "none", [100, 101, 99], [380, 385, 378]))
+    )
+    slower = compute_ratios(
+        _run(tmp_path / "b", _pairs("in-process", "none", [100, 101, 99], [60, 61, 59]))
+    )
+    text_faster, text_slower = report.verdict(faster, costs), report.verdict(slower, costs)
+    assert "The largest measured speedup is 3.81x" in text_faster
+    assert "97% of the 3.93x" in text_faster
+    assert "The separable model is slower in-process on onnx/cpu at batch 32 (0.60x" in text_slower
+    assert "largest measured speedup" not in text_slower
+
+
+def test_index_combines_repetitions_with_medians_and_spreads():
+    rows = _pairs("in-process", "none", [100, 300, 200], [1, 2, 3])
+    index = Index([r for r in (read_row(r) for r in rows)])
+    combined = index.get(("onnx", "cpu"), "standard", "none", 32, 1)
+    assert combined is not None and combined["images_per_s"] == 200
+    key = Index.key(("onnx", "cpu"), "standard", "none", 32, 1)
+    assert index.spread(key, "images_per_s") == (100, 300)
+
+
+def read_row(row: dict):
+    from loadtest.results import normalize
+
+    return normalize(row)
+
+
+# --- server phases, operator profile, costs -------------------------------------------------------
+
+
+def _sample(kind: str, api: str, phase: str, version: str, value: float) -> str:
+    labels = f'api="{api}",model="standard",phase="{phase}",runtime="onnx",version="{version}"'
+    return f"serving_request_phase_seconds_{kind}{{{labels}}} {value}"
+
+
+EXPOSITION = "\n".join(
+    [
+        "# HELP serving_request_phase_seconds Server time of a successful request by phase.",
+        "# TYPE serving_request_phase_seconds histogram",
+        _sample("bucket", "grpc", "decode", "1", 3.0).replace("}", ',le="0.001"}'),
+        _sample("bucket", "grpc", "decode", "1", 4.0).replace("}", ',le="+Inf"}'),
+        _sample("count", "grpc", "decode", "1", 4.0),
+        _sample("sum", "grpc", "decode", "1", 0.002),
+        _sample("count", "grpc", "decode", "2", 6.0),
+        _sample("sum", "grpc", "decode", "2", 0.003),
+        _sample("count", "grpc", "infer", "1", 10.0),
+        _sample("sum", "grpc", "infer", "1", 0.05),
+        _sample("count", "rest", "infer", "1", 1.0),
+        _sample("sum", "rest", "infer", "1", 9.0),
+        "# TYPE serving_requests_total counter",
+        'serving_requests_total{api="grpc",code="OK",model="standard",version="1"} 10.0',
+        "",
+    ]
+)
+
+
+def test_phase_histogram_is_parsed_and_differenced():
+    totals = parse_phase_totals(EXPOSITION)
+    assert totals[("standard", "grpc", "decode")] == pytest.approx((0.005, 10.0))  # versions summed
+    assert totals[("standard", "rest", "infer")] == (9.0, 1.0)
+    before = {("standard", "grpc", "infer"): (0.01, 2.0)}
+    means = phase_means(before, totals, "standard", "grpc")
+    assert means.infer == pytest.approx(1000 * 0.04 / 8)  # 5 ms per request over the window
+    assert means.decode == pytest.approx(0.5)
+    assert means.queue is None  # never observed
+    assert phase_means(None, totals, "standard", "grpc").infer is None
+
+
+def test_conv_kinds_from_weight_shapes():
+    assert conv_kind([32, 1, 3, 3], group=1) == "standard conv"  # first layer, one channel in
+    assert conv_kind([1, 1, 3, 3], group=1) == "depthwise"  # depthwise over one channel
+    assert conv_kind([32, 1, 3, 3], group=32) == "depthwise"
+    assert conv_kind([64, 32, 1, 1], group=1) == "pointwise"
+    assert conv_kind([64, 32, 3, 3], group=1) == "standard conv"
+
+
+def test_costs_come_from_the_export_and_match_the_onnx_graph(exported_repository, tmp_path):
     costs = model_costs(exported_repository)
-    assert costs["standard"]["macs"] == 2_837_120
-    assert costs["separable"]["macs"] == 722_532
-    assert costs["separable"]["dense_macs"] == 412_160
-    assert costs["standard"]["conv_macs"] == 2_424_960
+    for name in ("standard", "separable"):
+        cost = costs[name]
+        assert cost["source"] == str(exported_repository / "export_report.json")
+        layers = json.loads(
+            (exported_repository / name / "1" / TRAINING_METRICS_IN_VERSION).read_text()
+        )["layers"]
+        assert cost["macs"] == sum(int(layer["macs"]) for layer in layers)
+        # Independently: the MACs of the exported ONNX graph, from its shapes.
+        graph = GraphCosts(exported_repository / name / "1" / "model.onnx").macs_by_kind()
+        conv = graph["standard conv"] + graph["depthwise"] + graph["pointwise"]
+        assert (conv, graph["dense"]) == (cost["conv_macs"], cost["dense_macs"])
+        assert conv + graph["dense"] == cost["macs"]
+    assert costs["separable"]["dense_macs"] == costs["standard"]["dense_macs"]
+    # A different export gives different costs: the numbers are read, not the fallback.
+    copy = tmp_path / "models"
+    shutil.copytree(exported_repository, copy)
+    report_path = copy / "export_report.json"
+    data = json.loads(report_path.read_text())
+    data["models"]["standard"]["macs"] = 123
+    data["models"]["standard"]["version_path"] = str(copy / "standard" / "1")
+    report_path.write_text(json.dumps(data))
+    assert model_costs(copy)["standard"]["macs"] == 123
+    assert model_costs(None)["standard"]["source"] == "tutorial architecture"
+
+
+def test_operator_profile_of_the_exported_models(exported_repository):
+    from loadtest.opprofile import OP_KINDS, profile_rows
+
+    rows = profile_rows("onnx", exported_repository, ["standard", "separable"], [1, 4])
+    assert {(r["model"], r["batch_size"]) for r in rows} == {
+        (m, b) for m in ("standard", "separable") for b in (1, 4)
+    }
+    by = {(r["model"], r["batch_size"], r["op_kind"]): r for r in rows}
+    assert {r["op_kind"] for r in rows} == set(OP_KINDS)
+    costs = model_costs(exported_repository)
+    for model in ("standard", "separable"):
+        # MACs per call scale with the batch and add up to the export's count.
+        assert sum(by[(model, 4, k)]["macs"] for k in OP_KINDS) == 4 * costs[model]["macs"]
+        assert (
+            by[(model, 4, "dense")]["ms"] > 0 and (by[(model, 4, "dense")]["gmacs_per_s"] or 0) > 0
+        )
+    assert by[("standard", 4, "standard conv")]["ms"] > 0
+    assert by[("standard", 4, "depthwise")]["macs"] == 0
+    assert by[("separable", 4, "depthwise")]["ms"] > 0
+    assert by[("separable", 4, "pointwise")]["ms"] > 0
+    assert by[("separable", 4, "standard conv")]["macs"] == 0
+    assert by[("separable", 1, "pooling")]["gmacs_per_s"] is None  # no MACs, no rate
+
+
+def test_soak_figures_in_the_docs_name_the_model_the_soak_ran():
+    soak = json.loads((REPO / "results" / "cpu-2core" / "soak.json").read_text())
+    model = soak["config"]["model"]
+    other = ({"standard", "separable"} - {model}).pop()
+    for doc in (REPO / "README.md", REPO / "docs" / "reliability.md"):
+        text = doc.read_text()
+        assert f"{soak['result']['requests']:,}" in text
+        link = text.index("results/cpu-2core/soak.json)")
+        # The sentence that cites the soak's figures and links its file names its model.
+        window = text[max(0, link - 400) : link]
+        assert f"`{model}`" in window, doc.name
+        assert f"`{other}`" not in window, doc.name

@@ -1,0 +1,534 @@
+"""Numbers derived from a run: separable ÷ standard ratios with intervals, serving overhead,
+the server's own time breakdown, and the per-operator profile by layer kind.
+
+Ratios (``ratios.csv``) are of images per second, separable ÷ standard, so above 1 the
+separable model is faster. Per cell and mode:
+
+- ``ratio_median`` is the median over repetitions of the paired ratio (repetition r of one
+  model against repetition r of the other; they ran back to back, A B B A …).
+- ``ratio_low`` … ``ratio_high`` is a 95 % percentile-bootstrap interval (2,000 resamples, fixed
+  seed): each resample draws the repetitions of each model with replacement and, within each
+  drawn repetition, its per-second throughput samples (Locust's once-a-second history for served
+  cells, ten equal slices of the window in-process) with replacement; the model's throughput is
+  the mean over drawn repetitions and the ratio that of the two. With one repetition and no
+  samples there is no interval (low = high = median, flag ``single measurement``).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict, get_type_hints
+
+import numpy as np
+
+from loadtest.report.data import (
+    SEPARABLE,
+    STANDARD,
+    Index,
+    Key,
+    Run,
+    cell_slug,
+    completed,
+    load_run,
+    num,
+    saturated_cells,
+)
+from loadtest.results import IN_PROCESS_PROTOCOL, SERVER_PHASES, Row, sample_key
+
+RATIOS_CSV = "ratios.csv"
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+STABLE_WITHIN = 0.10  # perf_analyzer's default stability tolerance: ±10 %
+STABLE_WINDOW = 3  # … over three consecutive measurements
+INFER_TOLERANCE = 0.10  # served inference vs in-process call time: intervals widened by 10 %
+
+FLAG_NO_REQUEST = "no completed request"
+FLAG_SINGLE = "single measurement"
+FLAG_NO_DIFFERENCE = "no measurable difference"
+FLAG_INTERFERENCE = "suspect: interference"
+FLAG_UNSTABLE = "unstable"
+FLAG_SATURATED = "generator saturated"
+FLAG_INFER = "server inference differs from in-process"
+
+
+class RatioRow(TypedDict):
+    """One row of ``ratios.csv``."""
+
+    runtime: str
+    device: str
+    mode: str
+    protocol: str
+    batch_size: int
+    concurrency: int
+    repeats: int
+    standard_images_per_s: float | None
+    separable_images_per_s: float | None
+    ratio_median: float | None
+    ratio_low: float | None
+    ratio_high: float | None
+    flag: str
+
+
+RATIO_COLUMNS: tuple[str, ...] = tuple(get_type_hints(RatioRow))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One repetition of one model in one cell: its images/s and its throughput samples."""
+
+    value: float
+    samples: tuple[float, ...]
+
+
+def _repetitions(index: Index, key: Key, samples: Mapping[str, list[float]]) -> list[Measurement]:
+    found = []
+    for row in sorted(index.repetitions.get(key, []), key=lambda r: r["repeat"]):
+        value = num(row["images_per_s"])
+        if value is None:
+            continue
+        found.append(Measurement(value, tuple(samples.get(sample_key(row), ()))))
+    return found
+
+
+def _resampled_means(
+    reps: Sequence[Measurement], rng: np.random.Generator, resamples: int
+) -> np.ndarray:
+    """Bootstrap distribution of a model's mean throughput (two-level: repetitions, then the
+    samples within each)."""
+    within = np.empty((len(reps), resamples))
+    for i, rep in enumerate(reps):
+        samples = np.asarray(rep.samples, dtype=float)
+        if len(samples) >= 2 and samples.mean() > 0:
+            draws = rng.choice(samples, size=(resamples, len(samples)), replace=True).mean(axis=1)
+            within[i] = draws * rep.value / samples.mean()
+        else:
+            within[i] = rep.value
+    chosen = rng.integers(len(reps), size=(resamples, len(reps)))
+    means: np.ndarray = within[chosen, np.arange(resamples)[:, None]].mean(axis=1)
+    return means
+
+
+def ratio_interval(
+    standard: Sequence[Measurement], separable: Sequence[Measurement], seed: int = 0
+) -> tuple[float, float, float, bool] | None:
+    """(median, low, high, has_interval) of separable ÷ standard images/s; ``None`` when either
+    model completed no request."""
+    if not standard or not separable or min(m.value for m in [*standard, *separable]) <= 0:
+        return None
+    pairs = [s.value / t.value for t, s in zip(standard, separable, strict=False)]
+    median = statistics.median(pairs)
+    varies = len(standard) > 1 or len(separable) > 1
+    varies = varies or any(len(m.samples) >= 2 for m in [*standard, *separable])
+    if not varies:
+        return median, median, median, False
+    rng = np.random.default_rng(seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = _resampled_means(separable, rng, BOOTSTRAP_RESAMPLES) / _resampled_means(
+            standard, rng, BOOTSTRAP_RESAMPLES
+        )
+    ratios = ratios[np.isfinite(ratios)]  # a resample of only empty seconds has no ratio
+    if not len(ratios):
+        return median, median, median, False
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return median, float(min(low, median)), float(max(high, median)), True
+
+
+def stable(values: Sequence[float]) -> bool | None:
+    """perf_analyzer's rule on repetitions: some three consecutive ones within ±10 % of their
+    mean (two: within 10 % of each other); ``None`` for a single one."""
+    if len(values) < 2:
+        return None
+    window = min(STABLE_WINDOW, len(values))
+    for start in range(len(values) - window + 1):
+        part = values[start : start + window]
+        centre = sum(part) / len(part)
+        if centre > 0 and all(abs(v - centre) <= STABLE_WITHIN * centre for v in part):
+            return True
+    return False
+
+
+def _interval_agrees(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    (a_low, a_high), (b_low, b_high) = a, b
+    tolerance = INFER_TOLERANCE
+    return a_low * (1 - tolerance) <= b_high * (1 + tolerance) and b_low * (
+        1 - tolerance
+    ) <= a_high * (1 + tolerance)
+
+
+def infer_check(index: Index, key: Key) -> tuple[float, float, float, float] | None:
+    """(served inference ms low, high, in-process call ms low, high) of a served cell at one
+    user, over repetitions; ``None`` when either is missing."""
+    runtime, device, model, _, mode, batch, concurrency = key
+    if mode != "served" or concurrency != 1:
+        return None
+    served = index.spread(key, "server_infer_ms")
+    in_process_key = Index.key((runtime, device), model, IN_PROCESS_PROTOCOL, batch, 1)
+    calls = index.spread(in_process_key, "requests_per_s")
+    if served is None or calls is None or calls[0] <= 0:
+        return None
+    return served[0], served[1], 1000.0 / calls[1], 1000.0 / calls[0]
+
+
+def _infer_flags(index: Index, key: Key) -> list[str]:
+    flags = []
+    for model in (STANDARD, SEPARABLE):
+        model_key: Key = (key[0], key[1], model, *key[3:])
+        check = infer_check(index, model_key)
+        if check and not _interval_agrees(check[:2], check[2:]):
+            flags.append(
+                f"{FLAG_INFER} ({model}: {check[0]:.3f}–{check[1]:.3f} ms vs "
+                f"{check[2]:.3f}–{check[3]:.3f} ms)"
+            )
+    return flags
+
+
+def _cell_flags(
+    index: Index, key: Key, reps: dict[str, list[Measurement]], saturated: set[str]
+) -> list[str]:
+    flags = []
+    for model in (STANDARD, SEPARABLE):
+        if stable([m.value for m in reps[model]]) is False:
+            flags.append(f"{FLAG_UNSTABLE} ({model})")
+    model_keys = [(key[0], key[1], m, *key[3:]) for m in (STANDARD, SEPARABLE)]
+    if any(cell_slug(row) in saturated for k in model_keys for row in index.repetitions.get(k, [])):
+        flags.append(FLAG_SATURATED)
+    return flags
+
+
+def _images_per_s(row: Row | None) -> float | None:
+    return num(row["images_per_s"]) if row else None
+
+
+def compute_ratios(run: Run) -> list[RatioRow]:
+    """One :class:`RatioRow` per cell and mode with both models measured."""
+    index = Index(run.rows)
+    samples = run.samples
+    saturated = saturated_cells(run.meta)
+    cells = sorted(
+        {(k[0], k[1], k[4], k[3], k[5], k[6]) for k in index.repetitions},
+        key=lambda c: (c[0], c[1], c[2] != "in-process", c[3] != "grpc", c[3], c[4], c[5]),
+    )
+    out: list[RatioRow] = []
+    in_process: dict[tuple[str, str, int], tuple[float, float]] = {}
+    for runtime, device, mode, protocol, batch, concurrency in cells:
+        keys = {
+            m: (runtime, device, m, protocol, mode, batch, concurrency)
+            for m in (STANDARD, SEPARABLE)
+        }
+        if not all(k in index.repetitions for k in keys.values()):
+            continue
+        reps = {m: _repetitions(index, keys[m], samples) for m in keys}
+        combined = {m: index.get((runtime, device), m, protocol, batch, concurrency) for m in keys}
+        result = ratio_interval(reps[STANDARD], reps[SEPARABLE])
+        flags: list[str] = []
+        median = low = high = None
+        if result is None or not all(completed(r) for r in combined.values()):
+            flags.append(FLAG_NO_REQUEST)
+        else:
+            median, low, high, has_interval = result
+            if not has_interval:
+                flags.append(FLAG_SINGLE)
+            elif low <= 1.0 <= high:
+                flags.append(FLAG_NO_DIFFERENCE)
+            if mode == "in-process":
+                in_process[(runtime, device, batch)] = (low, high)
+            elif (runtime, device, batch) in in_process and low > in_process[
+                (runtime, device, batch)
+            ][1]:
+                flags.append(FLAG_INTERFERENCE)
+        flags += _cell_flags(index, keys[STANDARD], reps, saturated)
+        flags += _infer_flags(index, keys[STANDARD])
+        out.append(
+            RatioRow(
+                runtime=runtime,
+                device=device,
+                mode=mode,
+                protocol=protocol,
+                batch_size=batch,
+                concurrency=concurrency,
+                repeats=max(len(index.repetitions[k]) for k in keys.values()),
+                standard_images_per_s=_images_per_s(combined[STANDARD]),
+                separable_images_per_s=_images_per_s(combined[SEPARABLE]),
+                ratio_median=median,
+                ratio_low=low,
+                ratio_high=high,
+                flag="; ".join(flags),
+            )
+        )
+    return out
+
+
+def write_ratios(run_dir: Path, ratios: Sequence[RatioRow] | None = None) -> list[RatioRow]:
+    """Write ``ratios.csv`` in ``run_dir`` (computed from the run unless given)."""
+    rows = list(ratios) if ratios is not None else compute_ratios(load_run(run_dir))
+    with open(run_dir / RATIOS_CSV, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RATIO_COLUMNS)
+        for row in rows:
+            values: Mapping[str, Any] = row
+            writer.writerow(
+                [
+                    ""
+                    if values[c] is None
+                    else (f"{values[c]:.6g}" if isinstance(values[c], float) else values[c])
+                    for c in RATIO_COLUMNS
+                ]
+            )
+    return rows
+
+
+# --- headline speedups ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Measured ratios of one (runtime, device, batch size) against the MACs ratio: in-process
+    and, per protocol, served at the lowest measured concurrency."""
+
+    runtime: str
+    device: str
+    batch_size: int
+    macs_ratio: float
+    in_process: RatioRow | None
+    served: dict[str, RatioRow]
+    served_concurrency: int | None
+
+    def measured(self) -> list[tuple[str, RatioRow]]:
+        """(label, ratio row) of every measured ratio with a value."""
+        out = []
+        where = f"on {self.runtime}/{self.device} at batch {self.batch_size}"
+        if self.in_process is not None and self.in_process["ratio_median"] is not None:
+            out.append((f"in-process {where}", self.in_process))
+        for protocol, row in self.served.items():
+            if row["ratio_median"] is not None:
+                name = {"grpc": "gRPC", "rest": "REST"}.get(protocol, protocol)
+                out.append((f"served over {name} {where}", row))
+        return out
+
+
+def speedups(ratios: Sequence[RatioRow], macs_ratio: float) -> list[Speedup]:
+    """One :class:`Speedup` per (runtime, device, batch size) with a ratio measured."""
+    out = []
+    groups = dict.fromkeys((r["runtime"], r["device"], r["batch_size"]) for r in ratios)
+    for runtime, device, batch in groups:
+        mine = [
+            r
+            for r in ratios
+            if (r["runtime"], r["device"], r["batch_size"]) == (runtime, device, batch)
+        ]
+        in_process = next((r for r in mine if r["mode"] == "in-process"), None)
+        served_rows = [r for r in mine if r["mode"] == "served"]
+        lowest = min((r["concurrency"] for r in served_rows), default=None)
+        served = {
+            r["protocol"]: r
+            for r in sorted(served_rows, key=lambda r: (r["protocol"] != "grpc", r["protocol"]))
+            if r["concurrency"] == lowest
+        }
+        out.append(Speedup(runtime, device, batch, macs_ratio, in_process, served, lowest))
+    return out
+
+
+def fmt_interval(row: RatioRow | None) -> str:
+    """``1.62x [1.55–1.70]`` (``—`` when there is no ratio)."""
+    if row is None or row["ratio_median"] is None:
+        return "—"
+    text = f"{row['ratio_median']:.2f}x"
+    if (
+        row["ratio_low"] is not None
+        and row["ratio_high"] is not None
+        and FLAG_SINGLE not in row["flag"]
+    ):
+        text += f" [{row['ratio_low']:.2f}–{row['ratio_high']:.2f}]"
+    return text
+
+
+# --- serving overhead and the server's breakdown -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Served p50 minus in-process p50 for one (runtime, device, model, protocol, batch)."""
+
+    runtime: str
+    device: str
+    model: str
+    protocol: str
+    batch_size: int
+    concurrency: int
+    in_process_ms: float
+    served_ms: float
+
+    @property
+    def overhead_ms(self) -> float:
+        """What the server, the network stack and serialization add."""
+        return self.served_ms - self.in_process_ms
+
+    @property
+    def share(self) -> float:
+        """Overhead as a fraction of the served latency."""
+        return max(self.overhead_ms, 0.0) / self.served_ms if self.served_ms > 0 else 0.0
+
+
+def _lowest_concurrency(
+    index: Index, runtime: str, device: str, protocol: str, batch: int
+) -> int | None:
+    levels = index.values(
+        "concurrency",
+        runtime=runtime,
+        device=device,
+        protocol=protocol,
+        batch_size=batch,
+        mode="served",
+    )
+    return levels[0] if levels else None
+
+
+def overheads(index: Index) -> list[Overhead]:
+    """Serving overhead at the lowest measured concurrency, wherever both rows exist."""
+    out = []
+    for runtime, device in index.groups():
+        for model in (STANDARD, SEPARABLE):
+            for protocol in index.protocols(runtime, device):
+                for batch in index.values("batch_size", runtime=runtime, device=device):
+                    lowest = _lowest_concurrency(index, runtime, device, protocol, batch)
+                    if lowest is None:
+                        continue
+                    base = index.get((runtime, device), model, IN_PROCESS_PROTOCOL, batch, 1)
+                    served = index.get((runtime, device), model, protocol, batch, lowest)
+                    base_ms = num(base["p50_ms"]) if base else None
+                    served_ms = num(served["p50_ms"]) if served else None
+                    if base_ms is None or served_ms is None:
+                        continue
+                    out.append(
+                        Overhead(
+                            runtime, device, model, protocol, batch, lowest, base_ms, served_ms
+                        )
+                    )
+    return out
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Where a served request's time goes (means per request, ms): client + transport (the
+    client's mean latency minus the server's phases), server framework (decode + queue + encode)
+    and model inference.
+
+    The client's mean latency is users ÷ requests/s (Little's law for Locust's closed loop
+    without waiting time), so it counts every request of the window like the server's means.
+    """
+
+    runtime: str
+    device: str
+    model: str
+    protocol: str
+    batch_size: int
+    concurrency: int
+    latency_ms: float
+    decode_ms: float
+    queue_ms: float
+    infer_ms: float
+    encode_ms: float
+    check: tuple[float, float, float, float] | None
+
+    @property
+    def framework_ms(self) -> float:
+        """Decode + queue + encode inside the server."""
+        return self.decode_ms + self.queue_ms + self.encode_ms
+
+    @property
+    def client_transport_ms(self) -> float:
+        """What the server does not see: client, network stack, HTTP/2 or HTTP framing."""
+        return max(self.latency_ms - self.framework_ms - self.infer_ms, 0.0)
+
+    @property
+    def agrees(self) -> bool | None:
+        """Served inference vs in-process call time within the interval (``None``: no check)."""
+        return None if self.check is None else _interval_agrees(self.check[:2], self.check[2:])
+
+
+def breakdowns(index: Index) -> list[Breakdown]:
+    """The server's breakdown of every served cell at its lowest concurrency that has phases."""
+    out = []
+    for row in index.rows:
+        if row["mode"] != "served" or not completed(row):
+            continue
+        lowest = _lowest_concurrency(
+            index, row["runtime"], row["device"], row["protocol"], row["batch_size"]
+        )
+        phases = [num(row[f"server_{p}_ms"]) for p in SERVER_PHASES]  # type: ignore[literal-required]
+        rate = num(row["requests_per_s"])
+        if row["concurrency"] != lowest or any(p is None for p in phases) or not rate:
+            continue
+        decode, queue, infer, encode = (float(p or 0.0) for p in phases)
+        key = Index.key(
+            (row["runtime"], row["device"]),
+            row["model"],
+            row["protocol"],
+            row["batch_size"],
+            row["concurrency"],
+        )
+        out.append(
+            Breakdown(
+                row["runtime"],
+                row["device"],
+                row["model"],
+                row["protocol"],
+                row["batch_size"],
+                row["concurrency"],
+                1000.0 * row["concurrency"] / rate,
+                decode,
+                queue,
+                infer,
+                encode,
+                infer_check(index, key),
+            )
+        )
+    out.sort(
+        key=lambda b: (b.runtime, b.device, b.protocol != "grpc", b.batch_size, b.model != STANDARD)
+    )
+    return out
+
+
+# --- per-operator profile -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindShare:
+    """One layer kind of one model at one batch size."""
+
+    model: str
+    batch_size: int
+    kind: str
+    ms: float
+    macs: int
+    gmacs_per_s: float | None
+    share: float  # of the model's total time per call
+
+
+def kind_shares(run: Run, runtime: str = "onnx") -> list[KindShare]:
+    """The operator profile of ``runtime`` with each kind's share of its model's time."""
+    rows = [r for r in run.opprofile if r["runtime"] == runtime]
+    totals: dict[tuple[str, int], float] = {}
+    for r in rows:
+        totals[(r["model"], r["batch_size"])] = (
+            totals.get((r["model"], r["batch_size"]), 0.0) + r["ms"]
+        )
+    return [
+        KindShare(
+            r["model"],
+            r["batch_size"],
+            r["op_kind"],
+            r["ms"],
+            r["macs"],
+            r["gmacs_per_s"],
+            r["ms"] / totals[(r["model"], r["batch_size"])]
+            if totals[(r["model"], r["batch_size"])] > 0
+            else 0.0,
+        )
+        for r in rows
+    ]

@@ -1,0 +1,464 @@
+"""The report's plots (matplotlib, Agg): PNGs under ``plots/``; every function returns the path,
+or ``None`` when there is nothing to draw. Error bars are the 95 % intervals of ``ratios.csv``
+for ratios and the lowest…highest value over repetitions for per-model figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from loadtest.report.analysis import Breakdown, KindShare, Overhead, Speedup
+from loadtest.report.data import (
+    MODEL_COLORS,
+    SEPARABLE,
+    STANDARD,
+    Index,
+    Key,
+    num,
+    protocol_name,
+)
+from loadtest.results import IN_PROCESS_PROTOCOL, Row
+
+
+def best_cell(
+    index: Index, runtime: str, device: str, model: str, protocol: str, batch: int
+) -> Key | None:
+    """The cell of (runtime, device, model, protocol, batch) with the most images/s: the
+    in-process one, or the best served one over the concurrency levels measured."""
+    if protocol == IN_PROCESS_PROTOCOL:
+        key = index.key((runtime, device), model, protocol, batch, 1)
+        return key if key in index.repetitions else None
+    best: tuple[float, Key] | None = None
+    for concurrency in index.values(
+        "concurrency", runtime=runtime, device=device, protocol=protocol, batch_size=batch
+    ):
+        row = index.get((runtime, device), model, protocol, batch, concurrency)
+        value = num(row["images_per_s"]) if row else None
+        if value is not None and (best is None or value > best[0]):
+            best = (value, index.key((runtime, device), model, protocol, batch, concurrency))
+    return best[1] if best else None
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plain(value: float, _position: Any = None) -> str:
+    return f"{value:g}"
+
+
+def _log2_x(ax: Any, values: Sequence[float]) -> None:
+    """Log-2 x axis with ticks at exactly the measured values, written plainly (1, 8, 32)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(values))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
+
+
+def _log10_y(ax: Any) -> None:
+    """Log-10 y axis labelled 1, 2, 5, 10, 20, 50… instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
+def _finish(fig: Any, title: str, path: Path, dpi: int = 100) -> Path:
+    """Title above the panels, one legend (from the first axes with labelled artists) below.
+
+    The figure must use the constrained layout, which makes room for both.
+    """
+    plt = pyplot()
+    fig.suptitle(title)
+    for ax in fig.axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            fig.legend(
+                handles, labels, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8
+            )
+            break
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
+    """Grouped bars of measured ratios per (runtime, device, batch) with their 95 % intervals
+    as error bars and the MACs ratio as a line."""
+    if not table:
+        return None
+    plt = pyplot()
+    import numpy as np
+
+    protocols = sorted({p for s in table for p in s.served}, key=lambda p: (p != "grpc", p))
+    series: dict[str, list[Any]] = {"in-process": [s.in_process for s in table]}
+    for protocol in protocols:
+        series[f"served {protocol_name(protocol)}"] = [s.served.get(protocol) for s in table]
+    series = {
+        k: v for k, v in series.items() if any(r and r["ratio_median"] is not None for r in v)
+    }
+    if not series:
+        return None
+    labels = [f"{s.runtime}/{s.device}\nbatch {s.batch_size}" for s in table]
+    x = np.arange(len(table))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(table) + 2), 4.5))
+    top = table[0].macs_ratio
+    for i, (name, rows) in enumerate(series.items()):
+        values = [
+            r["ratio_median"] if r and r["ratio_median"] is not None else np.nan for r in rows
+        ]
+        low = [
+            v - r["ratio_low"] if r and r["ratio_low"] is not None else 0
+            for v, r in zip(values, rows, strict=True)
+        ]
+        high = [
+            r["ratio_high"] - v if r and r["ratio_high"] is not None else 0
+            for v, r in zip(values, rows, strict=True)
+        ]
+        bars = ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            values,
+            width,
+            yerr=[low, high],
+            capsize=3,
+            label=name,
+        )
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        top = max(top, *(r["ratio_high"] for r in rows if r and r["ratio_high"] is not None))
+    ratio = table[0].macs_ratio
+    ax.axhline(
+        ratio,
+        color="black",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"theory: {ratio:.2f}x fewer MACs",
+    )
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="no difference (1x)")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("separable ÷ standard images/s (×)")
+    ax.set_title("FLOPs vs reality: measured speedup (95% interval) vs fewer multiply-adds")
+    ax.set_ylim(0, top * 1.15)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_vs_concurrency(index: Index, path: Path) -> Path | None:
+    """p50 (solid) and p99 (dashed) against users, both models, per runtime×protocol and batch."""
+    panels = [
+        (runtime, device, protocol)
+        for runtime, device in index.groups()
+        for protocol in index.protocols(runtime, device)
+    ]
+    batches = index.values("batch_size", mode="served")
+    if not panels or not batches:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(
+        len(panels),
+        len(batches),
+        figsize=(4.2 * len(batches), 3.2 * len(panels)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, (runtime, device, protocol) in enumerate(panels):
+        for j, batch in enumerate(batches):
+            ax = axes[i][j]
+            plotted = False
+            levels_seen: list[int] = []
+            for model in (STANDARD, SEPARABLE):
+                levels = index.values(
+                    "concurrency",
+                    runtime=runtime,
+                    device=device,
+                    model=model,
+                    protocol=protocol,
+                    batch_size=batch,
+                    mode="served",
+                )
+                points: list[tuple[int, Row]] = []
+                for c in levels:
+                    found = index.get((runtime, device), model, protocol, batch, c)
+                    if found and num(found["p50_ms"]) is not None:
+                        points.append((c, found))
+                if not points:
+                    continue
+                xs = [c for c, _ in points]
+                levels_seen += xs
+                color = MODEL_COLORS[model]
+                # Error bars: lowest and highest p50 over the cell's repetitions.
+                p50 = [float(r["p50_ms"] or 0.0) for _, r in points]
+                spreads = [
+                    index.spread(index.key((runtime, device), model, protocol, batch, c), "p50_ms")
+                    or (v, v)
+                    for (c, _), v in zip(points, p50, strict=True)
+                ]
+                ax.errorbar(
+                    xs,
+                    p50,
+                    yerr=[
+                        [v - s[0] for v, s in zip(p50, spreads, strict=True)],
+                        [s[1] - v for v, s in zip(p50, spreads, strict=True)],
+                    ],
+                    fmt="o-",
+                    color=color,
+                    capsize=3,
+                    label=f"{model} p50",
+                )
+                ax.plot(
+                    xs,
+                    [r["p99_ms"] for _, r in points],
+                    "s--",
+                    color=color,
+                    alpha=0.7,
+                    label=f"{model} p99",
+                )
+                plotted = True
+            ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
+            ax.set_xlabel("concurrent users")
+            ax.set_ylabel("latency (ms)")
+            if plotted:
+                _log2_x(ax, levels_seen)
+                _log10_y(ax)
+            else:
+                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.grid(alpha=0.3, which="both")
+    return _finish(fig, "Latency vs concurrency (log scales)", path)
+
+
+def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
+    """Images/s against batch size, both models: in-process and each protocol (best users)."""
+    groups = index.groups()
+    if not groups:
+        return None
+    plt = pyplot()
+    columns = [
+        "in-process",
+        *sorted(
+            {r["protocol"] for r in index.rows if r["mode"] == "served"},
+            key=lambda p: (p != "grpc", p),
+        ),
+    ]
+    fig, axes = plt.subplots(
+        len(groups),
+        len(columns),
+        figsize=(4.2 * len(columns), 3.3 * len(groups)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, (runtime, device) in enumerate(groups):
+        for j, column in enumerate(columns):
+            ax = axes[i][j]
+            plotted = False
+            batches_seen: list[int] = []
+            for model in (STANDARD, SEPARABLE):
+                xs, ys, low, high = [], [], [], []
+                for batch in index.values("batch_size", runtime=runtime, device=device):
+                    protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
+                    key = best_cell(index, runtime, device, model, protocol, batch)
+                    found = (
+                        index.get((runtime, device), model, protocol, batch, key[6])
+                        if key
+                        else None
+                    )
+                    value = num(found["images_per_s"]) if found else None
+                    if key is None or value is None:
+                        continue
+                    spread = index.spread(key, "images_per_s") or (value, value)
+                    xs.append(batch)
+                    ys.append(value)
+                    low.append(value - spread[0])
+                    high.append(spread[1] - value)
+                if xs:
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=[low, high],
+                        fmt="o-",
+                        capsize=3,
+                        color=MODEL_COLORS[model],
+                        label=model,
+                    )
+                    batches_seen += xs
+                    plotted = True
+            title = (
+                "in-process"
+                if column == "in-process"
+                else (f"served {protocol_name(column)} (best concurrency)")
+            )
+            ax.set_title(f"{runtime}/{device}: {title}", fontsize=9)
+            ax.set_xlabel("batch size (images per request)")
+            ax.set_ylabel("throughput (images/s)")
+            if plotted:
+                _log2_x(ax, batches_seen)
+                ax.set_ylim(bottom=0)
+            else:
+                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.grid(alpha=0.3)
+    return _finish(fig, "Throughput vs batch size", path)
+
+
+def plot_serving_overhead(items: Sequence[Overhead], path: Path) -> Path | None:
+    """Stacked bars per runtime and batch size: in-process p50 + serving overhead = served p50."""
+    if not items:
+        return None
+    plt = pyplot()
+    import numpy as np
+
+    groups = list(dict.fromkeys((o.runtime, o.device) for o in items))
+    batches = sorted({o.batch_size for o in items})
+    fig, axes = plt.subplots(
+        len(groups),
+        len(batches),
+        figsize=(max(4.5 * len(batches), 6.0), 3.4 * len(groups) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    width = 0.38
+    for i, (runtime, device) in enumerate(groups):
+        for j, batch in enumerate(batches):
+            ax = axes[i][j]
+            mine = [
+                o for o in items if (o.runtime, o.device, o.batch_size) == (runtime, device, batch)
+            ]
+            protocols = list(dict.fromkeys(o.protocol for o in mine))
+            x = np.arange(len(protocols))
+            for k, model in enumerate((STANDARD, SEPARABLE)):
+                lookup = {o.protocol: o for o in mine if o.model == model}
+                found = [lookup.get(p) for p in protocols]
+                # The bar's height is always the served p50; when noise puts the in-process p50
+                # above it, the whole bar is compute and the overhead is shown as zero.
+                compute = [min(o.in_process_ms, o.served_ms) if o else np.nan for o in found]
+                extra = [max(o.overhead_ms, 0.0) if o else np.nan for o in found]
+                offset = (k - 0.5) * width
+                color = MODEL_COLORS[model]
+                ax.bar(x + offset, compute, width, color=color, label=f"{model}: in-process p50")
+                ax.bar(
+                    x + offset,
+                    extra,
+                    width,
+                    bottom=compute,
+                    color=color,
+                    alpha=0.35,
+                    hatch="//",
+                    label=f"{model}: serving overhead",
+                )
+            ax.set_xticks(x, [protocol_name(p) for p in protocols])
+            ax.set_ylabel("p50 latency (ms)")
+            ax.set_title(f"{runtime}/{device}, batch {batch}", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, "Serving overhead: served p50 = in-process p50 + overhead", path)
+
+
+def plot_server_breakdown(items: Sequence[Breakdown], path: Path) -> Path | None:
+    """Stacked bars per served cell: model inference, server framework (decode + queue +
+    encode), client + transport = the client's mean latency."""
+    if not items:
+        return None
+    plt = pyplot()
+    import numpy as np
+
+    groups = list(dict.fromkeys((b.runtime, b.device, b.protocol) for b in items))
+    batches = sorted({b.batch_size for b in items})
+    fig, axes = plt.subplots(
+        len(groups),
+        len(batches),
+        figsize=(max(4.0 * len(batches), 6.0), 3.2 * len(groups) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    parts = (
+        ("model inference", lambda b: b.infer_ms, 1.0),
+        ("server decode + queue + encode", lambda b: b.framework_ms, 0.55),
+        ("client + transport", lambda b: b.client_transport_ms, 0.25),
+    )
+    for i, (runtime, device, protocol) in enumerate(groups):
+        for j, batch in enumerate(batches):
+            ax = axes[i][j]
+            mine = [
+                b
+                for b in items
+                if (b.runtime, b.device, b.protocol, b.batch_size)
+                == (runtime, device, protocol, batch)
+            ]
+            x = np.arange(len(mine))
+            bottom = np.zeros(len(mine))
+            for label, value, alpha in parts:
+                heights = np.array([value(b) for b in mine])
+                ax.bar(
+                    x,
+                    heights,
+                    0.6,
+                    bottom=bottom,
+                    color=[MODEL_COLORS.get(b.model, "grey") for b in mine],
+                    alpha=alpha,
+                    edgecolor="black",
+                    linewidth=0.5,
+                    label=label,
+                )
+                bottom += heights
+            ax.set_xticks(x, [f"{b.model}\n{b.concurrency} user(s)" for b in mine], fontsize=8)
+            ax.set_ylabel("mean ms per request")
+            ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+    return _finish(
+        fig,
+        "Where a served request's time goes (dark: inference, mid: server framework, "
+        "light: client + transport)",
+        path,
+    )
+
+
+def plot_opprofile(shares: Sequence[KindShare], path: Path) -> Path | None:
+    """Stacked bars of ms per call by layer kind, per model and batch size (one panel per
+    batch size)."""
+    if not shares:
+        return None
+    plt = pyplot()
+    import numpy as np
+
+    batches = sorted({s.batch_size for s in shares})
+    kinds = list(dict.fromkeys(s.kind for s in shares))
+    colors = dict(zip(kinds, plt.get_cmap("tab10").colors, strict=False))
+    fig, axes = plt.subplots(
+        1, len(batches), figsize=(3.6 * len(batches) + 1, 4.2), squeeze=False, layout="constrained"
+    )
+    for j, batch in enumerate(batches):
+        ax = axes[0][j]
+        models = [
+            m
+            for m in (STANDARD, SEPARABLE)
+            if any(s.model == m and s.batch_size == batch for s in shares)
+        ]
+        x = np.arange(len(models))
+        bottom = np.zeros(len(models))
+        for kind in kinds:
+            heights = np.array(
+                [
+                    sum(s.ms for s in shares if (s.model, s.batch_size, s.kind) == (m, batch, kind))
+                    for m in models
+                ]
+            )
+            ax.bar(x, heights, 0.6, bottom=bottom, color=colors[kind], label=kind)
+            bottom += heights
+        ax.set_xticks(x, models)
+        ax.set_ylabel("ms per call")
+        ax.set_title(f"batch {batch}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, "Per-operator profile (ONNX Runtime): time per call by layer kind", path)
