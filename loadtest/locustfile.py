@@ -6,10 +6,18 @@ Run it like any locustfile (see docs/loadtest.md)::
     locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s \\
         --model separable --batch-size 32 --protocol grpc --grpc-target 127.0.0.1:8500
     locust -f loadtest/locustfile.py --headless ... --processes 2  # or --master / --worker
+    locust -f loadtest/locustfile.py --model standard,separable    # both models side by side
 
 Custom arguments (also environment variables ``LOCUST_MODEL``, ``LOCUST_BATCH_SIZE``,
 ``LOCUST_PROTOCOL``, ``LOCUST_GRPC_TARGET``, ``LOCUST_WARMUP``, ``LOCUST_HDR_OUTPUT``): the REST
 base URL is Locust's own ``--host`` (``LOCUST_HOST``), default ``http://127.0.0.1:8501``.
+
+``--model``, ``--protocol`` and ``--batch-size`` take comma-separated lists: every combination
+becomes its own Locust user class (``Predict_<model>_<protocol>_b<batch>``, equal weights), so the
+users are split equally between them, all run in the same time window against the same server,
+and each has its own row in Locust's statistics (type = protocol, name = ``<model> batch=<n>``).
+The web UI gets an "HDR comparison" tab (:mod:`loadtest.webui`) with the microsecond percentiles
+per combination and the separable ÷ standard ratios; headless runs print the same table at the end.
 
 Each user keeps one request in flight (no wait time), so ``-u`` is the concurrency. Latencies are
 recorded in microseconds in HDR histograms per (model, protocol, batch size); workers send them to
@@ -23,12 +31,17 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import argparse  # noqa: E402
+import itertools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, ClassVar  # noqa: E402
 
 import gevent  # noqa: E402
 import grpc  # noqa: E402
@@ -36,11 +49,11 @@ import numpy as np  # noqa: E402
 from geventhttpclient import HTTPClient  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
-from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner  # noqa: E402
 
 from contract import MODEL_NAMES  # noqa: E402
 from contract.cli import non_negative_int, positive_int  # noqa: E402
-from loadtest import payload  # noqa: E402
+from loadtest import payload, webui  # noqa: E402
 from loadtest.recorder import (  # noqa: E402
     SNAPSHOT_KEY,
     Recorder,
@@ -56,6 +69,103 @@ DEFAULT_REST_URL = "http://127.0.0.1:8501"
 REST_BODY_CACHE_BYTES = 64 * 1024 * 1024  # encoded JSON bodies kept per process
 
 logger = logging.getLogger("loadtest")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# --- which (model, protocol, batch size) combinations run ----------------------------------------
+
+
+def _items(value: str, option: str) -> list[str]:
+    items = [item.strip() for item in str(value).split(",")]
+    if not items or any(not item for item in items):
+        raise ValueError(f"{option}: empty item in {value!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{option}: repeated item in {value!r}")
+    return items
+
+
+def model_list(value: str) -> list[str]:
+    """``--model``: comma-separated model names."""
+    models = _items(value, "--model")
+    for model in models:
+        if not _NAME.fullmatch(model):
+            raise ValueError(f"--model: {model!r} is not a model name")
+    return models
+
+
+def protocol_list(value: str) -> list[str]:
+    """``--protocol``: comma-separated, each ``grpc`` or ``rest``."""
+    protocols = _items(value, "--protocol")
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    return protocols
+
+
+def batch_size_list(value: str) -> list[int]:
+    """``--batch-size``: comma-separated positive integers."""
+    sizes = []
+    for item in _items(value, "--batch-size"):
+        try:
+            sizes.append(positive_int(item))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"--batch-size: {exc}") from None
+    return sizes
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """An argparse ``type`` that checks a list but keeps the string: Locust's web UI edits string
+    options as text fields and casts what it gets back with the default's type."""
+
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    check.__name__ = parse.__name__
+    return check
+
+
+@dataclass(frozen=True, order=True)
+class Combination:
+    """One (model, protocol, batch size) that a group of users sends."""
+
+    model: str
+    protocol: str
+    batch_size: int
+
+    @property
+    def key(self) -> str:
+        """The HDR recorder's key."""
+        return key_string(self.model, self.protocol, self.batch_size)
+
+    @property
+    def request_name(self) -> str:
+        """The name of its row in Locust's statistics (the type column says the protocol)."""
+        return f"{self.model} batch={self.batch_size}"
+
+    @property
+    def class_name(self) -> str:
+        """The Locust user class that sends it."""
+        model = re.sub(r"[^A-Za-z0-9_]", "_", self.model)
+        return f"Predict_{model}_{self.protocol}_b{self.batch_size}"
+
+
+def combinations(model: str, protocol: str, batch_size: str | int) -> list[Combination]:
+    """Every combination of the comma-separated lists (``ValueError`` for a bad list)."""
+    return [
+        Combination(m, p, b)
+        for m, p, b in itertools.product(
+            model_list(model), protocol_list(protocol), batch_size_list(str(batch_size))
+        )
+    ]
+
+
+def combinations_of(options: Any) -> list[Combination]:
+    """The combinations that Locust's parsed options ask for."""
+    return combinations(options.model, options.protocol, options.batch_size)
 
 
 @events.init_command_line_parser.add_listener
@@ -64,23 +174,26 @@ def _add_arguments(parser: Any) -> None:
     group = parser
     group.add_argument(
         "--model",
+        type=_argparse_type(model_list),
         default="standard",
         env_var="LOCUST_MODEL",
-        help=f"model name to query ({', '.join(MODEL_NAMES)})",
+        help=f"model name(s) to query ({', '.join(MODEL_NAMES)}); a comma-separated list runs "
+        "users for each at the same time, e.g. standard,separable",
     )
     group.add_argument(
         "--batch-size",
-        type=positive_int,
-        default=1,
+        type=_argparse_type(batch_size_list),
+        default="1",
         env_var="LOCUST_BATCH_SIZE",
-        help="images per request",
+        help="images per request; a comma-separated list (1,32) runs users for each",
     )
     group.add_argument(
         "--protocol",
-        choices=PROTOCOLS,
+        type=_argparse_type(protocol_list),
         default="grpc",
         env_var="LOCUST_PROTOCOL",
-        help="grpc (PredictionService/Predict) or rest (POST /v1/models/<m>:predict)",
+        help="grpc (PredictionService/Predict) or rest (POST /v1/models/<m>:predict); "
+        "grpc,rest runs users for each",
     )
     group.add_argument(
         "--grpc-target",
@@ -206,23 +319,30 @@ _WORKER_SNAPSHOTS: dict[str, dict[str, Any]] = {}
 
 
 class PredictUser(User):
-    """One client with one request in flight at a time, over the protocol of ``--protocol``."""
+    """One client with one request in flight at a time.
+
+    Subclasses made by :func:`user_class` send one fixed :class:`Combination`; this class itself
+    (the one Locust finds in the file, replaced by those subclasses when the run starts) and other
+    subclasses (the soak test's) send the single combination of the options.
+    """
 
     wait_time = constant(0)  # closed loop: the number of users is the concurrency
+    combination: ClassVar[Combination | None] = None
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        self.model = str(options.model)
-        self.protocol = str(options.protocol)
-        self.batch_size = int(options.batch_size)
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        combination = type(self).combination
+        if combination is None:
+            (combination,) = _single(combinations_of(options), type(self).__name__)
+        self.model = combination.model
+        self.protocol = combination.protocol
+        self.batch_size = combination.batch_size
         timeout_s = float(options.request_timeout)
         self.ring = payload.ImageRing(payload.load_test_set(), self.batch_size)
         # Users start at different places in the test set so they do not send identical batches.
         self.batch_index = random.randrange(self.ring.period)
-        self.key = key_string(self.model, self.protocol, self.batch_size)
-        self.name = f"{self.model} batch={self.batch_size}"
+        self.key = combination.key
+        self.name = combination.request_name
         self.client: GrpcPredictClient | RestPredictClient
         if self.protocol == "grpc":
             self.client = GrpcPredictClient(str(options.grpc_target), self.model, timeout_s)
@@ -267,11 +387,117 @@ class PredictUser(User):
         )
 
 
+def _single(found: list[Combination], class_name: str) -> list[Combination]:
+    if len(found) != 1:
+        raise ValueError(
+            f"{class_name} sends one (model, protocol, batch size); the options name {len(found)}"
+        )
+    return found
+
+
+_USER_CLASSES: dict[Combination, type[PredictUser]] = {}
+
+
+def user_class(combination: Combination) -> type[PredictUser]:
+    """The user class of ``combination`` (one class object per combination and process: Locust
+    matches running users to their class by identity when it stops some of them)."""
+    cls = _USER_CLASSES.get(combination)
+    if cls is None:
+        cls = type(
+            combination.class_name,
+            (PredictUser,),
+            {"combination": combination, "weight": 1, "__module__": __name__},
+        )
+        _USER_CLASSES[combination] = cls
+    return cls
+
+
+def _ours(cls: type[User]) -> bool:
+    return cls is PredictUser or cls in _USER_CLASSES.values()
+
+
+def use_combinations(environment: Environment, wanted: list[Combination]) -> None:
+    """Make the environment run one user class per combination, in place of this file's own.
+
+    Environments whose classes come from elsewhere (the soak test subclasses PredictUser) are
+    left alone. Locust's runners, dispatcher and web UI read ``environment.user_classes`` (and
+    the class picker ``available_user_classes``) whenever a test starts, so this is called before
+    each start: at init, by the web UI's swarm request, and on a worker at the test's start, with
+    the options the master sent.
+    """
+    if not any(_ours(cls) for cls in environment.user_classes):
+        return
+    classes = [user_class(c) for c in wanted]
+    if environment.user_classes == classes:
+        return
+    others: list[type[User]] = [cls for cls in environment.user_classes if not _ours(cls)]
+    environment.user_classes = others + list(classes)
+    if environment.available_user_classes is not None:
+        # Locust annotates this dict's values as User instances; they are classes.
+        available: dict[str, Any] = {
+            name: cls
+            for name, cls in environment.available_user_classes.items()
+            if not _ours(cls)  # type: ignore[arg-type]
+        }
+        available.update({cls.__name__: cls for cls in classes})
+        environment.available_user_classes = available
+    if environment.available_user_tasks is not None:
+        tasks = {
+            name: value
+            for name, value in environment.available_user_tasks.items()
+            if name in (environment.available_user_classes or {})
+        }
+        tasks.update({cls.__name__: cls.tasks for cls in classes})
+        environment.available_user_tasks = tasks
+
+
+def _swarm_form_hook(environment: Environment, base_path: str) -> Callable[[], Any]:
+    """A Flask ``before_request`` hook: the web UI's start form may change --model, --protocol or
+    --batch-size, and Locust reads the user classes before it applies those fields."""
+    from flask import jsonify, request
+
+    swarm_path = f"{base_path.rstrip('/')}/swarm"
+
+    def before_swarm() -> Any:
+        if request.path != swarm_path or request.method != "POST":
+            return None
+        options = environment.parsed_options
+        form = request.form
+        if options is None:
+            return None
+        try:
+            wanted = combinations(
+                form.get("model", options.model),
+                form.get("protocol", options.protocol),
+                form.get("batch_size", options.batch_size),
+            )
+        except ValueError as exc:
+            return jsonify({"success": False, "message": str(exc), "host": environment.host})
+        runner = environment.runner
+        if runner is not None and runner.state in (STATE_RUNNING, STATE_SPAWNING):
+            if wanted != combinations_of(options):
+                message = "stop the test before changing the model, protocol or batch size"
+                return jsonify({"success": False, "message": message, "host": environment.host})
+            return None
+        use_combinations(environment, wanted)
+        return None
+
+    return before_swarm
+
+
 # --- events: warm-up, worker → master reports, results -------------------------------------------
 
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is not None:
+        use_combinations(environment, combinations_of(options))
+    web_ui = environment.web_ui
+    if web_ui is not None and web_ui.app is not None:
+        base_path = str(getattr(options, "web_base_path", "") or "")
+        web_ui.app.before_request(_swarm_form_hook(environment, base_path))
+        webui.ComparisonTab(web_ui, lambda: collect(environment), base_path).install()
     if not isinstance(environment.runner, MasterRunner):
         # Load the test set now: in a user's on_start it would stall every user of the process.
         payload.load_test_set()
@@ -283,7 +509,22 @@ def _on_init(environment: Environment, **_: Any) -> None:
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
     gevent.get_hub().loop.update_now()
-    warmup = float(getattr(environment.parsed_options, "warmup", 0) or 0)
+    options = environment.parsed_options
+    if isinstance(environment.runner, WorkerRunner) and options is not None:
+        # The master sent its --model/--protocol/--batch-size with this test's first spawn
+        # message; a worker started with other (or no) options must know the master's classes.
+        use_combinations(environment, combinations_of(options))
+    elif options is not None:
+        count = len(combinations_of(options))
+        users = int(getattr(options, "num_users", 0) or 0)
+        if count > 1 and users % count:
+            logger.warning(
+                "%d users do not split equally over %d combinations: use a multiple of %d",
+                users,
+                count,
+                count,
+            )
+    warmup = float(getattr(options, "warmup", 0) or 0)
     RECORDER.reset(warmup)
     if isinstance(environment.runner, MasterRunner):
         _WORKER_SNAPSHOTS.clear()
@@ -369,6 +610,10 @@ def _log_results(merged: dict[str, Any]) -> None:
 def _write_results(environment: Environment) -> None:
     merged = collect(environment)
     _log_results(merged)
+    rows = webui.comparison(merged, webui.reference_mac_ratio())
+    if rows:
+        # Locust's own summary table has whole milliseconds: this is the microsecond version.
+        logger.info("HDR comparison (microseconds)\n%s", webui.text_table(rows))
     target = getattr(environment.parsed_options, "hdr_output", "")
     if target:
         write_json_atomically(Path(target), merged)

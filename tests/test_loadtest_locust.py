@@ -22,6 +22,13 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def run_locust(server: ServerProcess, tmp_path: Path, name: str, *args: str) -> dict:
+    return run_locust_with_output(server, tmp_path, name, *args)[0]
+
+
+def run_locust_with_output(
+    server: ServerProcess, tmp_path: Path, name: str, *args: str
+) -> tuple[dict, str]:
+    """Locust headless against ``server``: (merged HDR results, stdout + stderr)."""
     prefix = tmp_path / name
     command = [
         sys.executable,
@@ -45,7 +52,7 @@ def run_locust(server: ServerProcess, tmp_path: Path, name: str, *args: str) -> 
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return read_run_output(Path(f"{prefix}_hdr.json"))
+    return read_run_output(Path(f"{prefix}_hdr.json")), result.stdout + result.stderr
 
 
 def check_result(result: dict, model: str, protocol: str, batch_size: int) -> None:
@@ -126,6 +133,51 @@ def test_locust_grpc_and_rest_against_a_real_server(model_repository, tmp_path):
         (row,) = json.loads((tmp_path / "reports" / "target" / "results.json").read_text())
         assert (row["mode"], row["errors"]) == ("served", 0)
         assert row["server_cpu"] is not None and row["server_cpu"] > 0
+
+
+def test_comma_lists_run_every_combination_side_by_side(onnx_server, tmp_path):
+    # 8 combinations, one user each, over two worker processes (distributed mode).
+    merged, output = run_locust_with_output(
+        onnx_server,
+        tmp_path,
+        "mixed",
+        *("-u", "8", "-r", "8", "-t", "5s", "--processes", "2", "--warmup", "1"),
+        *("--model", "standard,separable", "--protocol", "grpc,rest", "--batch-size", "1,2"),
+    )
+    expected = [
+        (model, protocol, batch)
+        for model in ("separable", "standard")
+        for protocol in ("grpc", "rest")
+        for batch in (1, 2)
+    ]
+    assert [(r["model"], r["protocol"], r["batch_size"]) for r in merged["results"]] == expected
+    for result in merged["results"]:
+        check_result(result, result["model"], result["protocol"], result["batch_size"])
+    # Locust's statistics: one row per combination (type = protocol, name = model and batch).
+    with open(tmp_path / "mixed_stats.csv", newline="") as handle:
+        rows = {(r["Type"], r["Name"]) for r in csv.DictReader(handle) if r["Name"] != "Aggregated"}
+    assert rows == {(p, f"{m} batch={b}") for m, p, b in expected}
+    # The microsecond comparison table at the end, with a ratio row per (protocol, batch).
+    table = output[output.index("HDR comparison (microseconds)") :]
+    assert "p50 (µs)" in table and "MACs standard ÷ separable" in table
+    ratio_lines = [line for line in table.splitlines() if line.startswith("separable ÷ standard")]
+    assert len(ratio_lines) == 4 and all("3.927x" in line for line in ratio_lines)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--protocol", "grpc,soap", "'soap' is not one of grpc, rest"),
+        ("--batch-size", "1,0", "expected an integer >= 1, got 0"),
+        ("--model", "standard,,separable", "empty item"),
+        ("--model", "standard,standard", "repeated item"),
+    ],
+)
+def test_bad_comma_lists_are_rejected_before_any_load(flag, value, message):
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", flag, value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
 
 
 def test_in_process_measurement(exported_repository):
