@@ -106,9 +106,10 @@ clean:
 	rm -rf artifacts models reports
 
 # The GPU run's wheel bundle (loadtest/gpu/README.md): wheels the GPU machine lacks, the exported
-# models and the MNIST test set, in .whl/ (carried to the machine with the working tree).
+# models and the MNIST test set, in .whl/ (carried to the machine with the working tree). It walks
+# the torch extra's installed metadata, so it sets up the torch runtime whatever WITH_TORCH says.
 .PHONY: gpu-bundle
-gpu-bundle: setup
+gpu-bundle: $(TORCH_STAMP)
 	$(PY) -m tools.gpu_bundle --output .whl --models-dir models
 
 # Reliability (docs/reliability.md). `make fuzz`: the Hypothesis properties of tests/test_fuzz_*.py
