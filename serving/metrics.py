@@ -6,7 +6,9 @@ exposition aggregates every worker's files (prometheus-client's multiprocess mod
 
 from __future__ import annotations
 
+import math
 import os
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,20 +89,76 @@ MODEL_VERSIONS = Gauge(
 )
 
 
-_REQUEST_SERIES: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+class _DeferredHistogram:
+    """A Histogram child's observations gathered in plain counters (a bisect and two list
+    updates, no lock) and moved into the child by ``flush``.
+
+    Measured here (2 cores under load, ``timeit``, best of 3): a request's four phase
+    observations cost 7.8 µs as ``Histogram.observe`` calls and 2.3 µs gathered (28 µs against
+    2.2 µs with ``PROMETHEUS_MULTIPROC_DIR``, where every ``observe`` writes the mmap file). A
+    flush costs 60-130 µs.
+    """
+
+    __slots__ = ("_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._counts = [0] * len(_BOUNDS)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._sum += seconds
+        self._counts[bisect_left(_BOUNDS, seconds)] += 1
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        # The child's own values (prometheus-client 0.26, pinned): the updates ``observe``
+        # makes, once per bucket instead of once per request.
+        self._child._sum.inc(self._sum)
+        for bucket, count in enumerate(self._counts):
+            if count:
+                self._child._buckets[bucket].inc(count)
+        self._counts = [0] * len(_BOUNDS)
+        self._sum = 0.0
+
+
+_BOUNDS = (*_LATENCY_BUCKETS, math.inf)  # the latency histograms' upper bounds, +Inf last
+_DEFERRED: list[_DeferredHistogram] = []
+# Worker processes flush on this period (serving.server), so what a scrape reads from the
+# --workers files lags by at most this much; every exposition flushes its own process first.
+FLUSH_SECONDS = 0.5
+
+
+def _deferred_histogram(child: Any) -> _DeferredHistogram:
+    deferred = _DeferredHistogram(child)
+    _DEFERRED.append(deferred)
+    return deferred
+
+
+def flush() -> None:
+    """Move the per-request observations gathered since the last flush into the Prometheus
+    series. Call on the thread that observes (the event loop's)."""
+    for deferred in _DEFERRED:
+        deferred.flush()
+
+
+_REQUEST_SERIES: dict[tuple[str, str, str, str], tuple[Any, _DeferredHistogram]] = {}
 
 
 def observe_request(model: str, version: str, api: str, code: str, seconds: float) -> None:
-    """Count a request and, when it succeeded, its latency.
+    """Count a request and, when it succeeded, its latency; call on the event loop thread.
 
-    The labelled series are cached: prometheus-client's ``labels()`` lookup costs more than the
-    increment itself on this hot path. Callers pass only configured model names, so the number
-    of series stays bounded whatever names clients send.
+    The labelled series are cached (prometheus-client's ``labels()`` lookup costs more than the
+    increment). The counter is exact at every scrape; the latency histogram is deferred
+    (``flush``). Callers pass only configured model names, so the number of series stays
+    bounded whatever names clients send.
     """
     key = (model, version, api, code)
     series = _REQUEST_SERIES.get(key)
     if series is None:
-        series = (REQUESTS.labels(*key), REQUEST_LATENCY.labels(model, version, api))
+        latency = _deferred_histogram(REQUEST_LATENCY.labels(model, version, api))
+        series = (REQUESTS.labels(*key), latency)
         _REQUEST_SERIES[key] = series
     series[0].inc()
     if code == "OK":
@@ -118,23 +176,21 @@ class PhaseTimes:
     encode: float = 0.0
 
 
-_PHASE_SERIES: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
+_PHASE_SERIES: dict[tuple[str, str, str, str], tuple[_DeferredHistogram, ...]] = {}
 
 
 def observe_phases(model: str, version: str, api: str, runtime: str, times: PhaseTimes) -> None:
-    """Record a successful request's four phases.
+    """Record a successful request's four phases; call on the event loop thread.
 
-    Cached like ``observe_request``: four ``observe`` calls (~1 µs each) are what remains on
-    the hot path. ``model`` is a served model's name (the request resolved), so the series stay
-    bounded.
+    Cached and deferred like ``observe_request``. ``model`` is a served model's name (the
+    request resolved), so the series stay bounded.
     """
     key = (model, version, api, runtime)
     series = _PHASE_SERIES.get(key)
     if series is None:
-        decode, queue, infer, encode = (
-            REQUEST_PHASE_SECONDS.labels(model, version, api, runtime, phase) for phase in PHASES
+        series = tuple(
+            _deferred_histogram(REQUEST_PHASE_SECONDS.labels(*key, phase)) for phase in PHASES
         )
-        series = (decode, queue, infer, encode)
         _PHASE_SERIES[key] = series
     series[0].observe(times.decode)
     series[1].observe(times.queue)
@@ -145,6 +201,7 @@ def observe_phases(model: str, version: str, api: str, runtime: str, times: Phas
 def exposition() -> tuple[bytes, str]:
     """The metrics page body and its content type, aggregated over workers when there are
     several."""
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

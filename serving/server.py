@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from serving import metrics
 from serving.errors import ServingError
 from serving.model.config import ConfigError, ModelConfig, load_config_file
 from serving.model.manager import ModelManager
@@ -165,6 +166,12 @@ class Server:
         # NOT_SERVING until the initial configuration is fully loaded, and again once draining.
         await self.health.update(self.service, self._shutting_down or not self._started)
 
+    @staticmethod
+    async def _flush_metrics(every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            metrics.flush()
+
     async def _poll_files(self, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
@@ -223,6 +230,10 @@ class Server:
         log.info(
             "serving %s with the %s runtime", ", ".join(self.manager.model_names), settings.runtime
         )
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # --workers: a scrape is answered by one worker reading every worker's files, so
+            # each worker writes its deferred request metrics out on a timer.
+            self._spawn(self._flush_metrics(metrics.FLUSH_SECONDS))
         if settings.file_system_poll_wait_seconds > 0:
             self._spawn(self._poll_files(settings.file_system_poll_wait_seconds))
         if settings.model_config_file and settings.model_config_file_poll_wait_seconds > 0:
@@ -248,6 +259,7 @@ class Server:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._batch_executor is not None:
             self._batch_executor.shutdown(wait=False, cancel_futures=True)
+        metrics.flush()  # the last requests' metrics, before the process (and its files) end
         log.info("stopped")
         return 0
 

@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
+from serving import metrics
 from serving.errors import ServingError
 from serving.model.config import ModelConfig, VersionPolicy
 from serving.model.manager import ModelManager
@@ -110,6 +111,7 @@ async def data_plane(
 
 
 def phase_count(api: str, phase: str, version: str = "1") -> float:
+    metrics.flush()  # what a scrape does first
     value = REGISTRY.get_sample_value(
         "serving_request_phase_seconds_count",
         {"model": "toy", "version": version, "api": api, "runtime": "toy", "phase": phase},
@@ -118,6 +120,7 @@ def phase_count(api: str, phase: str, version: str = "1") -> float:
 
 
 def phase_sum(api: str, phase: str) -> float:
+    metrics.flush()
     value = REGISTRY.get_sample_value(
         "serving_request_phase_seconds_sum",
         {"model": "toy", "version": "1", "api": api, "runtime": "toy", "phase": phase},

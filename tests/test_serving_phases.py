@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.client import ServingClient
+from serving.metrics import FLUSH_SECONDS
 from serving.process import ServerProcess
 
 PHASES = ("decode", "queue", "infer", "encode")
@@ -95,4 +96,5 @@ def test_phases_across_workers_with_batching(model_repository, mnist):
     ) as server:
         before = scrape(server)
         spent = run_requests(server, images, new_connections=True)
+        time.sleep(3 * FLUSH_SECONDS)  # every worker has written its deferred observations
         check_phases(before, scrape(server), spent, queued=True)
