@@ -167,6 +167,8 @@ def history_samples(
     step = WORKER_REPORT_S if distributed else 1
     samples = []
     for (t0, n0), (t1, n1) in itertools.pairwise(inside[::step]):
-        if t1 > t0:
+        # A count that drops is the statistics reset at the end of the warm-up: that step
+        # mixes two counts and is no sample.
+        if t1 > t0 and n1 >= n0:
             samples.append((n1 - n0) * batch_size / (t1 - t0))
     return samples

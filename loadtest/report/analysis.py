@@ -161,17 +161,22 @@ def _interval_agrees(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def infer_check(index: Index, key: Key) -> tuple[float, float, float, float] | None:
-    """(served inference ms low, high, in-process call ms low, high) of a served cell at one
-    user, over repetitions; ``None`` when either is missing."""
+    """(served inference ms low, high, in-process p50 ms low, high) of a served cell at one
+    user, over repetitions; ``None`` when either is missing.
+
+    The in-process p50 times ``Runtime.predict`` alone, the same call the server's ``infer``
+    phase times (its mean per request); the harness around it (batch slicing, the accuracy
+    check) is not in either.
+    """
     runtime, device, model, _, mode, batch, concurrency = key
     if mode != "served" or concurrency != 1:
         return None
     served = index.spread(key, "server_infer_ms")
     in_process_key = Index.key((runtime, device), model, IN_PROCESS_PROTOCOL, batch, 1)
-    calls = index.spread(in_process_key, "requests_per_s")
-    if served is None or calls is None or calls[0] <= 0:
+    calls = index.spread(in_process_key, "p50_ms")
+    if served is None or calls is None:
         return None
-    return served[0], served[1], 1000.0 / calls[1], 1000.0 / calls[0]
+    return served[0], served[1], calls[0], calls[1]
 
 
 def _infer_flags(index: Index, key: Key) -> list[str]:

@@ -397,7 +397,8 @@ def _method_lines(run: Run, ratios: Sequence[RatioRow]) -> list[str]:
         f"row lie within ±{STABLE_WITHIN:.0%} of their mean.",
         "- A served ratio above the in-process ratio beyond its interval is flagged "
         "`suspect: interference` and never headlined; the server's inference time at one user "
-        "must match the in-process call time (intervals widened by 10%), else the cell is flagged.",
+        "(mean) must match the in-process p50 of the same call (intervals over repetitions, "
+        "widened by 10%), else the cell is flagged.",
         _pinning_line(run),
     ]
 
