@@ -121,7 +121,8 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], str]:
         try:
             parse(value)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            # argparse names the option itself ("argument --model: ...").
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
         return value
 
     check.__name__ = parse.__name__
