@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import re
 import shutil
 import subprocess
@@ -21,15 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.serving import drive
-from serving.process import ServerProcess
+from benchmarks.serving import drive, latest_version
+from serving.process import ServerProcess, free_port
 
 CASES = {
-    # name: (runtime, api, batch)
-    "grpc1_onnx": ("onnx", "grpc", 1),
-    "rest32_onnx": ("onnx", "rest", 32),
-    "grpc1_tensorflow": ("tensorflow", "grpc", 1),
-    "rest256_onnx": ("onnx", "rest", 256),
+    # name: (runtime, api, batch, concurrency); runtime "minimal": benchmarks.minimal_server
+    "grpc1_onnx": ("onnx", "grpc", 1, 1),
+    "rest32_onnx": ("onnx", "rest", 32, 1),
+    "grpc1_tensorflow": ("tensorflow", "grpc", 1, 1),
+    "rest256_onnx": ("onnx", "rest", 256, 1),
+    "grpc1c8_onnx": ("onnx", "grpc", 1, 8),
+    "grpc1c8_minimal": ("minimal", "grpc", 1, 8),
 }
 
 # Areas of the code, first match wins (py-spy frames read "function (file:line)").
@@ -58,6 +61,14 @@ def _area(stack: list[str]) -> str:
             if pattern.search(frame):
                 return name
     return "other"
+
+
+def wait_until_connectable(target: str, timeout_s: float = 60.0) -> None:
+    """Block until a gRPC channel to ``target`` is ready."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
 
 
 def summarise(collapsed: str, top: int = 25) -> str:
@@ -102,10 +113,31 @@ def profile_case(
     gil: bool = False,
 ) -> str:
     """Profile one case; the summary text."""
-    runtime, api, batch = CASES[name]
-    with ServerProcess(config, [f"--runtime={runtime}"]) as server:
-        assert server.process is not None
-        target = server.grpc_target if api == "grpc" else server.rest_url
+    runtime, api, batch, concurrency = CASES[name]
+    with contextlib.ExitStack() as stack:
+        if runtime == "minimal":
+            port = free_port()
+            version_dir = latest_version(config.parent / model)
+            process = stack.enter_context(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.minimal_server",
+                        str(version_dir / "model.onnx"),
+                        str(port),
+                    ]
+                )
+            )
+            stack.callback(process.terminate)
+            target = f"127.0.0.1:{port}"
+            wait_until_connectable(target)
+            pid = process.pid
+        else:
+            server = stack.enter_context(ServerProcess(config, [f"--runtime={runtime}"]))
+            assert server.process is not None
+            target = server.grpc_target if api == "grpc" else server.rest_url
+            pid = server.process.pid
         drive(api, target, model, batch, 1, 2.0)  # warm-up, not profiled
         raw = output / f"{name}.txt"
         recorder = subprocess.Popen(
@@ -113,7 +145,7 @@ def profile_case(
                 py_spy,
                 "record",
                 "--pid",
-                str(server.process.pid),
+                str(pid),
                 "--rate",
                 str(rate),
                 "--duration",
@@ -129,12 +161,12 @@ def profile_case(
             stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # py-spy attached
-        figures = drive(api, target, model, batch, 1, duration - 1.5)
+        figures = drive(api, target, model, batch, concurrency, duration - 1.5)
         _, errors = recorder.communicate(timeout=duration + 60)
         if recorder.returncode != 0:
             raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace')}")
     head = (
-        f"{name}: {api}, {batch}-image requests, concurrency 1, --runtime={runtime}; "
+        f"{name}: {api}, {batch}-image requests, concurrency {concurrency}, {runtime}; "
         f"p50 {figures['p50_ms']:.3f} ms, {figures['rps']:.0f} req/s while profiled "
         f"(py-spy {rate} Hz{', GIL holders only' if gil else ''})\n"
     )
