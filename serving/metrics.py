@@ -130,7 +130,9 @@ _DEFERRED: list[_DeferredHistogram] = []
 FLUSH_SECONDS = 0.5
 
 
-def _deferred_histogram(child: Any) -> _DeferredHistogram:
+def deferred_latency(child: Any) -> _DeferredHistogram:
+    """A labelled child of a ``_LATENCY_BUCKETS`` histogram, observed in deferred form (on the
+    event loop thread; ``flush`` moves the observations into it)."""
     deferred = _DeferredHistogram(child)
     _DEFERRED.append(deferred)
     return deferred
@@ -157,7 +159,7 @@ def observe_request(model: str, version: str, api: str, code: str, seconds: floa
     key = (model, version, api, code)
     series = _REQUEST_SERIES.get(key)
     if series is None:
-        latency = _deferred_histogram(REQUEST_LATENCY.labels(model, version, api))
+        latency = deferred_latency(REQUEST_LATENCY.labels(model, version, api))
         series = (REQUESTS.labels(*key), latency)
         _REQUEST_SERIES[key] = series
     series[0].inc()
@@ -189,7 +191,7 @@ def observe_phases(model: str, version: str, api: str, runtime: str, times: Phas
     series = _PHASE_SERIES.get(key)
     if series is None:
         series = tuple(
-            _deferred_histogram(REQUEST_PHASE_SECONDS.labels(*key, phase)) for phase in PHASES
+            deferred_latency(REQUEST_PHASE_SECONDS.labels(*key, phase)) for phase in PHASES
         )
         _PHASE_SERIES[key] = series
     series[0].observe(times.decode)

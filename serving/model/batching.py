@@ -83,7 +83,8 @@ class Batcher:
         self._executor = executor
         self._clock = clock or LoopClock()
         labels = (model, str(version))
-        self._queue_seconds = metrics.BATCH_QUEUE_SECONDS.labels(*labels)
+        # Observed once per request on the loop thread: deferred, like the request metrics.
+        self._queue_seconds = metrics.deferred_latency(metrics.BATCH_QUEUE_SECONDS.labels(*labels))
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
         self._run_seconds = metrics.BATCH_RUN_SECONDS.labels(*labels)
         self._open: list[_Task] = []
