@@ -317,6 +317,8 @@ class RestPredictClient:
 
 RECORDER = Recorder()
 _WORKER_SNAPSHOTS: dict[str, dict[str, Any]] = {}
+RESET_MESSAGE = "loadtest_hdr_reset"  # master → workers: the web UI's "Reset" was clicked
+_RESETS = {"generation": 0}  # on the master: "Reset" clicks in the current test
 
 
 class PredictUser(User):
@@ -494,6 +496,10 @@ def _on_init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     if options is not None:
         use_combinations(environment, combinations_of(options))
+    runner = environment.runner
+    if runner is not None and not isinstance(runner, MasterRunner):
+        runner.register_message(RESET_MESSAGE, _on_reset_message)
+    environment.events.reset_stats.add_listener(lambda **_: _reset_hdr(environment))
     web_ui = environment.web_ui
     if web_ui is not None and web_ui.app is not None:
         base_path = str(getattr(options, "web_base_path", "") or "")
@@ -505,6 +511,22 @@ def _on_init(environment: Environment, **_: Any) -> None:
     # gevent's loop caches "now" and has not run since the imports above: without this, timers
     # Locust starts next (--run-time) would fire early by the seconds start-up took.
     gevent.get_hub().loop.update_now()
+
+
+def _reset_hdr(environment: Environment) -> None:
+    """Locust's "Reset" button resets its statistics: the HDR histograms of every process follow
+    (the master only resets its own aggregate, so it tells the workers)."""
+    runner = environment.runner
+    if runner is None:
+        return
+    if isinstance(runner, MasterRunner):
+        _RESETS["generation"] += 1
+        _WORKER_SNAPSHOTS.clear()
+    runner.send_message(RESET_MESSAGE, _RESETS["generation"])
+
+
+def _on_reset_message(msg: Any, **_: Any) -> None:
+    RECORDER.reset(0.0, generation=int(msg.data or 0))
 
 
 @events.test_start.add_listener
@@ -529,6 +551,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     RECORDER.reset(warmup)
     if isinstance(environment.runner, MasterRunner):
         _WORKER_SNAPSHOTS.clear()
+        _RESETS["generation"] = 0
     if warmup > 0 and environment.runner is not None:
         # Locust's own statistics (CSV/HTML) should describe the same window as ours.
         gevent.spawn_later(warmup, environment.runner.stats.reset_all)
@@ -561,7 +584,7 @@ def _on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None
 @events.worker_report.add_listener
 def _on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
     snapshot = data.get(SNAPSHOT_KEY)
-    if snapshot is not None:
+    if snapshot is not None and int(snapshot.get("generation", 0)) >= _RESETS["generation"]:
         # Snapshots are cumulative: the latest one of each worker replaces the previous one.
         _WORKER_SNAPSHOTS[client_id] = snapshot
 

@@ -55,8 +55,13 @@ class Recorder:
     def __init__(self) -> None:
         self.reset(warmup_s=0.0)
 
-    def reset(self, warmup_s: float) -> None:
-        """Start a new test now; the measurement window opens ``warmup_s`` seconds later."""
+    def reset(self, warmup_s: float, generation: int = 0) -> None:
+        """Start a new test now; the measurement window opens ``warmup_s`` seconds later.
+
+        ``generation`` counts the web UI's "Reset" clicks in the test: snapshots carry it, so the
+        master can drop a report a worker sent before it saw the latest reset.
+        """
+        self.generation = generation
         self.stats: dict[str, KeyStats] = {}
         now_perf, now_wall = time.perf_counter(), time.time()
         self.window_start_perf = now_perf + warmup_s
@@ -107,6 +112,7 @@ class Recorder:
         end = self.window_end_wall if self.window_end_wall is not None else time.time()
         return {
             "pid": os.getpid(),
+            "generation": self.generation,
             "final": self.stopped,
             "window_start": self.window_start_wall,
             "window_end": max(end, self.window_start_wall),

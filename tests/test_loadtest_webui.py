@@ -300,6 +300,22 @@ def test_swarm_form_rejects_bad_lists_and_the_ui_still_starts(locust_ui: str) ->
         return names >= {"standard batch=1", "separable batch=1"}
 
     _wait_for(both_models, 30, "requests of both models")
+    # Locust's "Reset" button: both workers' HDR histograms start again too.
+    before = json.loads(_get(f"{url}/loadtest/hdr.json"))
+    assert before["processes"] == 2 and all(r["requests"] > 0 for r in before["results"])
+    clicked = time.time()
+    request = urllib.request.Request(f"{url}/stats/reset", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+    def reset_everywhere() -> bool:
+        merged = json.loads(_get(f"{url}/loadtest/hdr.json"))
+        snapshots = merged["snapshots"]
+        return len(snapshots) == 2 and all(
+            s["generation"] == 1 and s["window_start"] >= clicked for s in snapshots
+        )
+
+    _wait_for(reset_everywhere, 30, "both workers to reset their HDR histograms")
     # A running test keeps its classes: changing the model needs a stop first.
     changed = _post(f"{url}/swarm", {**fields, "model": "separable"})
     assert changed["success"] is False and "stop the test" in changed["message"]
