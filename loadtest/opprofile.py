@@ -11,9 +11,14 @@ Multiply-adds per kind come from the unoptimised graph (shape inference: a convo
 
 The session is opened as the ONNX runtime of the server opens it (all graph optimisations, no
 thread spinning, one intra-op thread up to :data:`serving.runtimes.onnx.SMALL_BATCH_ROWS` rows),
-so the profile is that of the served model. Only the ONNX runtime is profiled: the TensorFlow
-profiler writes XPlane protobufs that need TensorBoard's profile plugin to read, and the torch
-runtime is not profiled yet; for those the sweep records that no profile exists.
+so the profile is that of the served model.
+
+The TensorFlow runtime is profiled with ``tf.profiler`` around the runtime's own ``predict``
+calls; TensorFlow's profiler plugin turns the XPlane trace into its "framework op stats" (self
+time per op), and op types map to kinds (``DepthwiseConv2dNative``: depthwise; a convolution in
+a layer that also has a depthwise one: pointwise; other convolutions: standard; ``MatMul``:
+dense; ``MaxPool``/``AvgPool``: pooling). Its multiply-adds come from the same version's ONNX
+graph (the same weights). The torch runtime is not profiled; the sweep records that.
 
 Rows (``opprofile.csv``): ``runtime, device, model, batch_size, op_kind, ms, macs, gmacs_per_s``
 where ``ms`` is the mean time per call and ``macs`` the multiply-adds per call (whole batch).
@@ -34,7 +39,7 @@ from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
-PROFILED_RUNTIMES = ("onnx",)
+PROFILED_RUNTIMES = ("onnx", "tensorflow")
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 OP_KINDS = (
     "standard conv",
@@ -230,6 +235,88 @@ def profile_model(
     return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
 
 
+def _tf_kind(op_type: str, name: str, depthwise_layers: set[str]) -> str:
+    if op_type.startswith("DepthwiseConv2d"):
+        return "depthwise"
+    if "Conv2D" in op_type or "Conv3D" in op_type:
+        return "pointwise" if _layer(name) in depthwise_layers else "standard conv"
+    if "MatMul" in op_type:
+        return "dense"
+    if op_type in ("MaxPool", "AvgPool", "MaxPoolV2"):
+        return "pooling"
+    return "rest"
+
+
+def _layer(op_name: str) -> str:
+    # ".../separable_1/conv1_1/separable_conv2d/depthwise" and ".../separable_1/conv1_1/Relu"
+    # share the layer ".../separable_1/conv1_1".
+    parts = op_name.split("/")
+    return "/".join(parts[:3]) if len(parts) >= 3 else op_name
+
+
+def framework_op_times(xplane_paths: Sequence[str], calls: int) -> dict[str, float]:
+    """Mean ms per call per layer kind from TensorFlow profiler traces (``.xplane.pb``)."""
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+
+    data, ok = _pywrap_profiler_plugin.xspace_to_tools_data(
+        list(xplane_paths), "framework_op_stats", {}
+    )
+    if not ok:
+        raise ValueError(f"TensorFlow's profiler plugin could not read the trace: {data[:200]!r}")
+    table = json.loads(data)[0]
+    columns = [c["id"] for c in table["cols"]]
+    ops = []
+    for row in table["rows"]:
+        values = dict(
+            zip(columns, [cell.get("v") if cell else None for cell in row["c"]], strict=False)
+        )
+        if values.get("type") in ("IDLE", None):
+            continue
+        ops.append(
+            (str(values["type"]), str(values["operation"]), float(values["total_self_time"]))
+        )
+    depthwise_layers = {_layer(name) for op_type, name, _ in ops if op_type.startswith("Depthwise")}
+    totals: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
+    for op_type, name, self_us in ops:
+        totals[_tf_kind(op_type, name, depthwise_layers)] += self_us
+    return {kind: us / 1000.0 / calls for kind, us in totals.items()}
+
+
+def profile_tensorflow(
+    version_dir: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
+) -> dict[str, tuple[float, int]]:
+    """{kind: (ms per call, MACs per call)} of the TensorFlow runtime's ``predict``."""
+    import tensorflow as tf
+
+    from contract import INPUT_NAME, ONNX_FILENAME, SIGNATURE_NAME
+    from serving.runtimes import RuntimeOptions, load_runtime
+
+    runtime = load_runtime("tensorflow", version_dir, RuntimeOptions())
+    images = np.random.default_rng(0).random((batch_size, 28, 28, 1), dtype=np.float32)
+    try:
+        for _ in range(warmup_calls):
+            runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
+        with tempfile.TemporaryDirectory(prefix="tfprofile-") as tmp:
+            calls, wall = 0, 0.0
+            deadline = time.perf_counter() + min_seconds
+            tf.profiler.experimental.start(tmp)
+            try:
+                while calls < MIN_CALLS or time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
+                    wall += time.perf_counter() - started
+                    calls += 1
+            finally:
+                tf.profiler.experimental.stop()
+            times = framework_op_times([str(p) for p in Path(tmp).rglob("*.xplane.pb")], calls)
+    finally:
+        runtime.close()
+    # What the ops' self time does not cover: the runtime's Python side, feeding and fetching.
+    times["call overhead"] = max(wall * 1000.0 / calls - sum(times.values()), 0.0)
+    per_image = GraphCosts(version_dir / ONNX_FILENAME).macs_by_kind()
+    return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
+
+
 def profile_rows(
     runtime: str,
     models_dir: Path,
@@ -245,9 +332,14 @@ def profile_rows(
         raise ValueError(f"no per-operator profiler for runtime {runtime!r}")
     rows: list[OpRow] = []
     for model in models:
-        path = latest_version_dir(models_dir, model) / ONNX_FILENAME
+        version_dir = latest_version_dir(models_dir, model)
         for batch_size in batch_sizes:
-            for kind, (ms, macs) in profile_model(path, batch_size).items():
+            profile = (
+                profile_model(version_dir / ONNX_FILENAME, batch_size)
+                if runtime == "onnx"
+                else profile_tensorflow(version_dir, batch_size)
+            )
+            for kind, (ms, macs) in profile.items():
                 rows.append(
                     OpRow(
                         runtime=runtime,

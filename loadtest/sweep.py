@@ -819,8 +819,8 @@ def run_opprofile(runtime: str, config: SweepConfig, run_dir: Path) -> str | Non
 
     if runtime not in PROFILED_RUNTIMES:
         return (
-            f"{runtime}: no per-operator profile (only ONNX Runtime's profiler is read; the "
-            "TensorFlow profiler's XPlane trace needs TensorBoard's profile plugin)"
+            f"{runtime}: no per-operator profile (ONNX Runtime's and TensorFlow's profilers "
+            "are read; this runtime's is not)"
         )
     if config.device != "cpu":
         return f"{runtime}: no per-operator profile on {config.device} (CPU only)"

@@ -482,6 +482,21 @@ def test_operator_profile_of_the_exported_models(exported_repository):
     assert by[("separable", 1, "pooling")]["gmacs_per_s"] is None  # no MACs, no rate
 
 
+def test_tensorflow_operator_profile_from_its_own_profiler(exported_repository):
+    pytest.importorskip("tensorflow")
+    from loadtest.opprofile import profile_rows
+
+    rows = profile_rows("tensorflow", exported_repository, ["standard", "separable"], [2])
+    by = {(r["model"], r["op_kind"]): r for r in rows}
+    # TensorFlow's op stats: DepthwiseConv2dNative is depthwise, the convolution in the same
+    # layer pointwise; the standard model has neither.
+    assert by[("separable", "depthwise")]["ms"] > 0 and by[("separable", "pointwise")]["ms"] > 0
+    assert by[("standard", "standard conv")]["ms"] > 0 and by[("standard", "depthwise")]["ms"] == 0
+    assert by[("standard", "dense")]["ms"] > 0 and by[("separable", "dense")]["ms"] > 0
+    costs = model_costs(exported_repository)
+    assert by[("separable", "dense")]["macs"] == 2 * costs["separable"]["dense_macs"]
+
+
 def test_soak_figures_in_the_docs_name_the_model_the_soak_ran():
     soak = json.loads((REPO / "results" / "cpu-2core" / "soak.json").read_text())
     model = soak["config"]["model"]

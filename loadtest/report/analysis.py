@@ -537,3 +537,11 @@ def kind_shares(run: Run, runtime: str = "onnx") -> list[KindShare]:
         )
         for r in rows
     ]
+
+
+def profiles(run: Run) -> dict[str, list[KindShare]]:
+    """The operator profile of every profiled runtime, by runtime."""
+    return {
+        runtime: kind_shares(run, runtime)
+        for runtime in dict.fromkeys(r["runtime"] for r in run.opprofile)
+    }

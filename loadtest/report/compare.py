@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.flops import macs_ratio
-from loadtest.report.analysis import Speedup, compute_ratios, fmt_interval, kind_shares, speedups
+from loadtest.report.analysis import Speedup, compute_ratios, fmt_interval, profiles, speedups
 from loadtest.report.data import (
     PLOTS_DIR,
     Index,
@@ -177,9 +177,9 @@ def compare(
         "",
         "## Verdicts",
         "",
-        f"**A** ({a.name}): {verdict(ratios_a, a.costs, shares=kind_shares(a))}",
+        f"**A** ({a.name}): {verdict(ratios_a, a.costs, shares=profiles(a))}",
         "",
-        f"**B** ({b.name}): {verdict(ratios_b, b.costs, shares=kind_shares(b))}",
+        f"**B** ({b.name}): {verdict(ratios_b, b.costs, shares=profiles(b))}",
         "",
     ]
     path = output / COMPARE_NAME

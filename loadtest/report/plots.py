@@ -4,7 +4,7 @@ for ratios and the lowest…highest value over repetitions for per-model figures
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -425,40 +425,50 @@ def plot_server_breakdown(items: Sequence[Breakdown], path: Path) -> Path | None
     )
 
 
-def plot_opprofile(shares: Sequence[KindShare], path: Path) -> Path | None:
-    """Stacked bars of ms per call by layer kind, per model and batch size (one panel per
-    batch size)."""
-    if not shares:
+def plot_opprofile(by_runtime: Mapping[str, Sequence[KindShare]], path: Path) -> Path | None:
+    """Stacked bars of ms per call by layer kind, per model; one row of panels per runtime, one
+    panel per batch size."""
+    groups = [(runtime, shares) for runtime, shares in by_runtime.items() if shares]
+    if not groups:
         return None
     plt = pyplot()
     import numpy as np
 
-    batches = sorted({s.batch_size for s in shares})
-    kinds = list(dict.fromkeys(s.kind for s in shares))
+    batches = sorted({s.batch_size for _, shares in groups for s in shares})
+    kinds = list(dict.fromkeys(s.kind for _, shares in groups for s in shares))
     colors = dict(zip(kinds, plt.get_cmap("tab10").colors, strict=False))
     fig, axes = plt.subplots(
-        1, len(batches), figsize=(3.6 * len(batches) + 1, 4.2), squeeze=False, layout="constrained"
+        len(groups),
+        len(batches),
+        figsize=(3.6 * len(batches) + 1, 3.6 * len(groups) + 0.8),
+        squeeze=False,
+        layout="constrained",
     )
-    for j, batch in enumerate(batches):
-        ax = axes[0][j]
-        models = [
-            m
-            for m in (STANDARD, SEPARABLE)
-            if any(s.model == m and s.batch_size == batch for s in shares)
-        ]
-        x = np.arange(len(models))
-        bottom = np.zeros(len(models))
-        for kind in kinds:
-            heights = np.array(
-                [
-                    sum(s.ms for s in shares if (s.model, s.batch_size, s.kind) == (m, batch, kind))
-                    for m in models
-                ]
-            )
-            ax.bar(x, heights, 0.6, bottom=bottom, color=colors[kind], label=kind)
-            bottom += heights
-        ax.set_xticks(x, models)
-        ax.set_ylabel("ms per call")
-        ax.set_title(f"batch {batch}", fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, "Per-operator profile (ONNX Runtime): time per call by layer kind", path)
+    for i, (runtime, shares) in enumerate(groups):
+        for j, batch in enumerate(batches):
+            ax = axes[i][j]
+            models = [
+                m
+                for m in (STANDARD, SEPARABLE)
+                if any(s.model == m and s.batch_size == batch for s in shares)
+            ]
+            x = np.arange(len(models))
+            bottom = np.zeros(len(models))
+            for kind in kinds:
+                heights = np.array(
+                    [
+                        sum(
+                            s.ms
+                            for s in shares
+                            if (s.model, s.batch_size, s.kind) == (m, batch, kind)
+                        )
+                        for m in models
+                    ]
+                )
+                ax.bar(x, heights, 0.6, bottom=bottom, color=colors[kind], label=kind)
+                bottom += heights
+            ax.set_xticks(x, models)
+            ax.set_ylabel("ms per call")
+            ax.set_title(f"{runtime}, batch {batch}", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, "Per-operator profile: time per call by layer kind", path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from loadtest.report.analysis import (
     breakdowns,
     compute_ratios,
     fmt_interval,
-    kind_shares,
     overheads,
+    profiles,
     speedups,
     write_ratios,
 )
@@ -344,6 +344,13 @@ def _breakdown_lines(items: Sequence[Breakdown]) -> list[str]:
     )
 
 
+def _profile_lines(by_runtime: Mapping[str, Sequence[KindShare]]) -> list[str]:
+    lines: list[str] = []
+    for runtime, shares in by_runtime.items():
+        lines += [f"### {runtime}", "", *_opprofile_lines(shares), ""]
+    return lines
+
+
 def _opprofile_lines(shares: Sequence[KindShare]) -> list[str]:
     body = [
         [
@@ -414,7 +421,7 @@ def _make_plots(
     table: Sequence[Speedup],
     over: Sequence[Overhead],
     breakdown: Sequence[Breakdown],
-    shares: Sequence[KindShare],
+    shares: Mapping[str, Sequence[KindShare]],
 ) -> dict[str, Path | None]:
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(exist_ok=True)
@@ -462,7 +469,7 @@ def render(run_dir: Path) -> Path:
     table = speedups(ratios, ratio)
     over = overheads(index)
     breakdown = breakdowns(index)
-    shares = kind_shares(run)
+    shares = profiles(run)
     plots = _make_plots(run_dir, index, table, over, breakdown, shares)
     saturated = saturated_cells(run.meta)
     cell_notes = [
@@ -538,10 +545,11 @@ def render(run_dir: Path) -> Path:
         *_image(plots, "breakdown", "Server breakdown"),
         "## Per-operator profile",
         "",
-        "ONNX Runtime's profiler (`opprofile.csv`): kernel time per call by layer kind, "
-        "multiply-adds from the graph, GMAC/s achieved.",
+        "Each runtime's own profiler (`opprofile.csv`; ONNX Runtime's kernel times, TensorFlow's "
+        "op self-times): time per call by layer kind, multiply-adds from the graph, GMAC/s "
+        "achieved; `call overhead` is the call's time that no operator accounts for.",
         "",
-        *(_opprofile_lines(shares) if shares else ["(no per-operator profile in this run)"]),
+        *(_profile_lines(shares) if shares else ["(no per-operator profile in this run)"]),
         *_image(plots, "opprofile", "Per-operator profile"),
         "## Notes",
         "",

@@ -107,7 +107,7 @@ def _profile_at(shares: Sequence[KindShare], model: str, batch: int, kind: str) 
     )
 
 
-def _depthwise_sentence(shares: Sequence[KindShare]) -> list[str]:
+def _depthwise_sentence(runtime: str, shares: Sequence[KindShare]) -> list[str]:
     found = []
     for batch in sorted({s.batch_size for s in shares}):
         depthwise = _profile_at(shares, SEPARABLE, batch, "depthwise")
@@ -121,7 +121,8 @@ def _depthwise_sentence(shares: Sequence[KindShare]) -> list[str]:
     batch, depthwise, standard = found[-1]
     total_macs = sum(s.macs for s in shares if (s.model, s.batch_size) == (SEPARABLE, batch))
     return [
-        f"The depthwise layers run far below the arithmetic rate of dense convolutions: at batch "
+        f"On {runtime}, the depthwise layers run far below the arithmetic rate of dense "
+        f"convolutions: at batch "
         f"{batch} they reach {depthwise.gmacs_per_s:.1f} GMAC/s against "
         f"{standard.gmacs_per_s:.1f} GMAC/s for the standard model's convolutions and take "
         f"{depthwise.share:.0%} of the separable model's time for "
@@ -130,7 +131,7 @@ def _depthwise_sentence(shares: Sequence[KindShare]) -> list[str]:
     ]
 
 
-def _dense_sentence(shares: Sequence[KindShare]) -> list[str]:
+def _dense_sentence(runtime: str, shares: Sequence[KindShare]) -> list[str]:
     heavy = [
         s for s in shares if s.model == SEPARABLE and s.kind == "dense" and s.share >= DENSE_SHARE
     ]
@@ -144,12 +145,13 @@ def _dense_sentence(shares: Sequence[KindShare]) -> list[str]:
     ]
     compare = f", against {standard[0].share:.0%} of the standard model's" if standard else ""
     return [
-        f"The dense layers, identical in both models, take {_join(items)} of the separable "
+        f"On {runtime}, the dense layers, identical in both models, take {_join(items)} of the "
+        "separable "
         f"model's time per call{compare} (opprofile.csv): that part of the work does not shrink."
     ]
 
 
-def _call_overhead_sentence(shares: Sequence[KindShare]) -> list[str]:
+def _call_overhead_sentence(runtime: str, shares: Sequence[KindShare]) -> list[str]:
     smallest = min((s.batch_size for s in shares), default=None)
     if smallest is None:
         return []
@@ -162,7 +164,8 @@ def _call_overhead_sentence(shares: Sequence[KindShare]) -> list[str]:
     if share < CALL_OVERHEAD_SHARE:
         return []
     return [
-        f"At batch {smallest}, per-call costs (session overhead and reshapes, layout and "
+        f"On {runtime} at batch {smallest}, per-call costs (session overhead and reshapes, "
+        "layout and "
         f"softmax/argmax operators: {sum(s.ms for s in parts):.3f} ms) are {share:.0%} of the "
         f"separable model's time per call (opprofile.csv), and they do not shrink with the "
         f"multiply-adds."
@@ -201,7 +204,7 @@ def verdict(
     ratios: Sequence[RatioRow],
     costs: Mapping[str, Mapping[str, Any]],
     *,
-    shares: Sequence[KindShare] = (),
+    shares: Mapping[str, Sequence[KindShare]] | None = None,
     breakdown: Sequence[Breakdown] = (),
 ) -> str:
     """The verdict paragraph, written from the numbers."""
@@ -221,9 +224,10 @@ def verdict(
         return " ".join(sentences)
     sentences += _headline(measured, ratio)
     sentences += _measured_sentences(measured)
-    sentences += _depthwise_sentence(shares)
-    sentences += _dense_sentence(shares)
-    sentences += _call_overhead_sentence(shares)
+    for runtime, profile in (shares or {}).items():
+        sentences += _depthwise_sentence(runtime, profile)
+        sentences += _dense_sentence(runtime, profile)
+        sentences += _call_overhead_sentence(runtime, profile)
     sentences += _breakdown_sentence(breakdown)
     saturated = sum(1 for r in ratios if FLAG_SATURATED in r["flag"])
     if saturated:
