@@ -35,9 +35,6 @@ _HTTP_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 
-# tensorflow.error.Code names, as TF Serving's StatusProto / REST status report them.
-ERROR_CODE_NAMES: dict[grpc.StatusCode, str] = {code: code.name for code in grpc.StatusCode}
-
 
 # TF Serving's grpc_status_util.cc caps messages at 1024 characters: a message echoing a huge
 # request field (a 4,000-digit version, a long model name) must not become a huge trailer.
@@ -52,11 +49,6 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-    @property
-    def http_status(self) -> int:
-        """The HTTP status the REST API answers with."""
-        return http_status(self.code)
 
 
 def http_status(code: grpc.StatusCode) -> int:
