@@ -708,6 +708,10 @@ def run_cell(
         phases=phases,
     )
     details["requests"] = entry["requests"]
+    if not entry["requests"]:
+        # Answers came only during the warm-up: no request completed in the measured window,
+        # so the cell has no throughput to speak of and reports no accuracy either.
+        row["accuracy"] = math.nan
     return CellOutcome(row, details)
 
 
