@@ -149,7 +149,7 @@ def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
     ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="no difference (1x)")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("separable ÷ standard images/s (×)")
-    ax.set_title("FLOPs vs reality: measured speedup (95% interval) vs fewer multiply-adds")
+    ax.set_title("FLOPs vs reality: measured speedup, 95% intervals")
     ax.set_ylim(0, top * 1.15)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
     ax.grid(axis="y", alpha=0.3)
@@ -419,8 +419,7 @@ def plot_server_breakdown(items: Sequence[Breakdown], path: Path) -> Path | None
             ax.grid(axis="y", alpha=0.3)
     return _finish(
         fig,
-        "Where a served request's time goes (dark: inference, mid: server framework, "
-        "light: client + transport)",
+        "Where a served request's time goes",
         path,
     )
 
