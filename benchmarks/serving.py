@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-processes", type=int, default=2, help="load-generator processes")
     p.add_argument("--worker-runtime", default="onnx", help="--runtime of the workers measurement")
     p.add_argument("--worker-device", default="cpu", help="--device of the workers measurement")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of grpc_vs_minimal")
     args = p.parse_args(argv)
     config = (args.models_dir / "models.config").resolve()
     if not config.is_file():
@@ -313,6 +314,47 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
                 "yardstick",
             )
+
+    if want("grpc_vs_minimal"):
+        # Issue #11 item 3: the served path (validation, metrics, versioning, phase histograms
+        # all on) against the minimal grpc.aio server doing the same work, alternating rounds
+        # so both see the same machine; ratios per round, medians over rounds.
+        version_dir = latest_version(args.models_dir / model)
+        rounds: list[dict[str, float]] = []
+        for _ in range(args.rounds):
+            with _minimal_server(version_dir / "model.onnx", []) as target:
+                minimal_c1 = drive("grpc", target, model, 1, 1, d)
+                minimal_c8 = drive("grpc", target, model, 1, 8, d)
+            with ServerProcess(config, ["--runtime=onnx"]) as server:
+                served_c1 = drive("grpc", server.grpc_target, model, 1, 1, d)
+                served_c8 = drive("grpc", server.grpc_target, model, 1, 8, d)
+            rounds.append(
+                {
+                    "minimal_c1_p50_ms": minimal_c1["p50_ms"],
+                    "served_c1_p50_ms": served_c1["p50_ms"],
+                    "minimal_c8_rps": minimal_c8["rps"],
+                    "served_c8_rps": served_c8["rps"],
+                    "p50_ratio": served_c1["p50_ms"] / minimal_c1["p50_ms"],
+                    "rps_ratio": served_c8["rps"] / minimal_c8["rps"],
+                }
+            )
+        figures["grpc_vs_minimal"] = rounds
+        p50_ratio = statistics.median(r["p50_ratio"] for r in rounds)
+        rps_ratio = statistics.median(r["rps_ratio"] for r in rounds)
+        add(
+            f"gRPC 1 image c1 p50: served / minimal ({args.rounds} rounds)",
+            f"{p50_ratio:.2f}x ("
+            + ", ".join(f"{r['served_c1_p50_ms']:.2f}/{r['minimal_c1_p50_ms']:.2f}" for r in rounds)
+            + " ms)",
+            "<= 1.0x",
+        )
+        add(
+            f"gRPC 1 image c8 req/s: served / minimal ({args.rounds} rounds)",
+            f"{rps_ratio:.2f}x ("
+            + ", ".join(f"{r['served_c8_rps']:.0f}/{r['minimal_c8_rps']:.0f}" for r in rounds)
+            + ")",
+            ">= 1.0x",
+        )
 
     if any(want(n) for n in ("grpc_c1", "grpc_c8", "rest_c1", "served_vs_inprocess_256")):
         with ServerProcess(config, ["--runtime=onnx"]) as server:

@@ -34,6 +34,9 @@ PROTOCOLS=${PROTOCOLS:-grpc}
 DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-1}
 PROCESSES=${PROCESSES:-}            # Locust workers per cell (default: the sweep's choice)
+# Extra server flags for every sweep (issue #11 item 6: e.g. "--workers=4" or "--enable_batching
+# --batching_parameters_file=..."; docs/performance.md has the GPU check's command line).
+SWEEP_SERVER_ARGS=${SWEEP_SERVER_ARGS:-}
 SWEEP_RESERVE_S=${SWEEP_RESERVE_S:-160}  # kept back for each later sweep
 BENCH=${BENCH:-1}
 # Issue #3's many-core check, after the sweeps: --workers N scaling, one measurement per
@@ -251,6 +254,7 @@ for i in "${!pairs[@]}"; do
     run_id="$runtime-$device"
     extra=()
     [[ -n $PROCESSES ]] && extra+=(--processes "$PROCESSES")
+    [[ -n $SWEEP_SERVER_ARGS ]] && extra+=(--server-args "$SWEEP_SERVER_ARGS")
     step "$limit" "sweep $run_id" "$PYTHON" -m loadtest --runtimes "$runtime" --device "$device" \
         --models "$MODELS" --batch-sizes "$BATCH_SIZES" --concurrency "$CONCURRENCY" \
         --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" \
