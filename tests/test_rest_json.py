@@ -167,6 +167,18 @@ def test_parser_reused_across_documents():
         assert rest_json.decode_predict(raw).inputs(ONE_INPUT)[0]["images"].shape[0] == n
 
 
+def test_large_bodies_get_their_own_parser(monkeypatch):
+    # Above the threshold a fresh parser is used (and dropped), the thread's one is kept small.
+    monkeypatch.setattr(rest_json, "_REUSE_PARSER_BYTES", 1000)
+    small = b'{"instances": [[1.5]]}'
+    large = json.dumps({"instances": [ROW, ROW]}).encode()
+    assert rest_json._parser(len(large)) is not rest_json._parser(len(large))
+    assert rest_json._parser(len(small)) is rest_json._parser(len(small))
+    for raw in (large, small, large):
+        assert rest_json.decode_predict(raw).fast
+        assert_same(raw)
+
+
 _numbers = st.one_of(
     st.integers(-(2**64), 2**64),
     st.floats(allow_nan=False, allow_infinity=False),
