@@ -64,7 +64,7 @@ typecheck: setup
 	$(BIN)/mypy .
 
 unit: setup browser
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not containers"
 
 # Debian's chromium for the Locust web UI test (tests/test_loadtest_webui.py), installed only when
 # missing and only as root with apt-get; elsewhere that test skips and says why.
@@ -78,7 +78,19 @@ browser:
 		echo "make browser: chromium is missing and needs root and apt-get: the web UI test will skip"; \
 	fi
 
+# The container tier (docs/deploy.md): builds the images and runs them on the Docker engine that
+# DOCKER_HOST (or the default socket) names. `make test` runs it when an engine answers; in CI
+# (CI=true) it always runs and a missing engine fails it (.ci/run starts one).
+.PHONY: test-containers
+test-containers: setup
+	$(BIN)/pytest -m containers -s tests/test_containers.py
+
 test: lint typecheck unit
+	@if [ "$$CI" = true ] || docker info >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory test-containers; \
+	else \
+		echo "make test: no Docker engine answers (DOCKER_HOST or the default socket): container tier skipped (make test-containers)"; \
+	fi
 
 # One stamp per training setting: artifacts/ trained with another EPOCHS (or before stamps existed)
 # have no stamp of this name, so `EPOCHS=25 make demo` retrains, exports and sweeps again.
