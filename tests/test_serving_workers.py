@@ -12,7 +12,8 @@ import numpy as np
 import psutil
 import pytest
 
-from serving.client import ServingClient
+from contract.protos import prediction_service_pb2_grpc
+from serving.client import predict_request
 from serving.process import ServerProcess
 
 CLIENT_THREADS = 8
@@ -55,16 +56,24 @@ def test_killed_worker_restarts_while_the_others_serve(model_repository, mnist, 
         failed = [0] * CLIENT_THREADS
         ok_after_kill = [0] * CLIENT_THREADS
         killed = threading.Event()
+        failure_times: list[float] = []
+
+        request = predict_request("separable", images)
 
         def load(index: int) -> None:
             # One channel (one connection) and one request in flight per thread: a thread
             # connected to the killed worker loses at most the request it had in flight.
-            with ServingClient(server.grpc_target) as client:
+            # wait_for_ready: a request sent while the channel reconnects waits for the
+            # connection instead of failing fast in the client (that is the client's policy,
+            # not the server's doing).
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
                 while not stop.is_set():
                     try:
-                        client.predict("separable", images)
+                        stub.Predict(request, timeout=30, wait_for_ready=True)
                     except grpc.RpcError:
                         failed[index] += 1
+                        failure_times.append(time.monotonic())
                         continue
                     ok[index] += 1
                     if killed.is_set():
@@ -75,8 +84,18 @@ def test_killed_worker_restarts_while_the_others_serve(model_repository, mnist, 
             thread.start()
         try:
             time.sleep(2.0)
-            victim = workers[1]
+
+            def grpc_connections(worker: psutil.Process) -> int:
+                return sum(
+                    c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.grpc_port
+                    for c in worker.net_connections(kind="tcp")
+                )
+
+            # The worker holding the most client connections, so that requests are in flight.
+            victim = max(workers, key=grpc_connections)
+            assert grpc_connections(victim) > 0
             victim.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
             killed.set()
             victim.wait(10)
 
@@ -85,7 +104,8 @@ def test_killed_worker_restarts_while_the_others_serve(model_repository, mnist, 
                 return len(pids) == 2 and victim.pid not in pids
 
             _wait_for(replaced, 30, "the worker to be restarted")
-            (newcomer,) = [w for w in _children(server) if w.pid != workers[0].pid]
+            survivor = next(w for w in workers if w.pid != victim.pid)
+            (newcomer,) = [w for w in _children(server) if w.pid != survivor.pid]
             _wait_for(lambda: _listening(newcomer.pid, server.grpc_port), 120, "it to listen")
             time.sleep(1.0)
         finally:
@@ -93,15 +113,28 @@ def test_killed_worker_restarts_while_the_others_serve(model_repository, mnist, 
             for thread in threads:
                 thread.join(30)
         assert server.process is not None and server.process.poll() is None
-        # Only the requests in flight on the killed worker failed: at most one per thread.
-        assert sum(failed) <= CLIENT_THREADS, (failed, ok)
-        assert sum(ok_after_kill) > 0
-        assert all(n > 0 for n in ok), ok
-        # The restarted worker takes new connections and answers them.
-        clients = [ServingClient(server.grpc_target) for _ in range(20)]
+        print(f"requests: {sum(ok)} ok ({sum(ok_after_kill)} after the kill), {sum(failed)} failed")
+        # Only requests the killed worker held failed: the one each of its connections had in
+        # flight, plus the few whose reconnection the kernel had queued on its closing listening
+        # socket (SO_REUSEPORT resets those). Nothing fails once it is gone, and every thread
+        # went on being answered.
+        assert sum(failed) <= 3 * CLIENT_THREADS, (failed, ok)
+        assert all(t - killed_at < 2.0 for t in failure_times), [
+            round(t - killed_at, 3) for t in failure_times
+        ]
+        assert all(n > 0 for n in ok_after_kill), ok_after_kill
+        # The restarted worker takes new connections and answers them (a local subchannel
+        # pool: otherwise grpcio would reuse one connection for all these channels).
+        channels = [
+            grpc.insecure_channel(
+                server.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for _ in range(20)
+        ]
         try:
-            for client in clients:
-                assert client.predict("separable", images).classes.shape == (1,)
+            for channel in channels:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                assert stub.Predict(request, timeout=30).outputs["classes"].int64_val
             established = [
                 c
                 for c in newcomer.net_connections(kind="tcp")
@@ -109,9 +142,9 @@ def test_killed_worker_restarts_while_the_others_serve(model_repository, mnist, 
             ]
             assert established, "no connection reached the restarted worker"
         finally:
-            for client in clients:
-                client.close()
-        assert workers[0].is_running()
+            for channel in channels:
+                channel.close()
+        assert survivor.is_running()
     assert server.process.returncode == 0
     text = log_path.read_text()
     assert f"(pid {victim.pid}) killed by SIGKILL; restarted as pid {newcomer.pid}" in text
