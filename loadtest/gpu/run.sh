@@ -254,7 +254,8 @@ for i in "${!pairs[@]}"; do
     run_id="$runtime-$device"
     extra=()
     [[ -n $PROCESSES ]] && extra+=(--processes "$PROCESSES")
-    [[ -n $SWEEP_SERVER_ARGS ]] && extra+=(--server-args "$SWEEP_SERVER_ARGS")
+    # "--server-args=VALUE": the value starts with "--", which argparse would take for a flag.
+    [[ -n $SWEEP_SERVER_ARGS ]] && extra+=("--server-args=$SWEEP_SERVER_ARGS")
     step "$limit" "sweep $run_id" "$PYTHON" -m loadtest --runtimes "$runtime" --device "$device" \
         --models "$MODELS" --batch-sizes "$BATCH_SIZES" --concurrency "$CONCURRENCY" \
         --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" \
