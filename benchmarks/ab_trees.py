@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--runtime", default="onnx")
     p.add_argument("--flag", action="append", default=[], help="extra server flag")
+    p.add_argument(
+        "--tree-flag",
+        action="append",
+        default=[],
+        help="label=FLAG: an extra server flag for one tree only (the same tree may be given "
+        "twice under two labels, to A/B a flag)",
+    )
     args = p.parse_args(argv)
     config = (args.models_dir / "models.config").resolve()
     trees = {label: Path(path) for label, path in (t.split("=", 1) for t in args.tree)}
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_index in range(args.rounds):
         for label, tree in trees.items():
             flags = [f"--runtime={args.runtime}", *args.flag]
+            flags += [f for lb, f in (x.split("=", 1) for x in args.tree_flag) if lb == label]
             with _server(config, tree, flags) as server:
                 row = []
                 for api, batch, concurrency in cases:
