@@ -145,6 +145,7 @@ def _build(target: str, tag: str, *extra: str) -> Build:
         command += ["--network", network]
     if ca := os.environ.get("CONTAINER_CA_BUNDLE"):
         command += ["--secret", f"id=ca-bundle,src={ca}"]
+    previous = docker("image", "inspect", "--format", "{{.Id}}", tag, check=False)
     started = time.perf_counter()
     result = subprocess.run(
         ["docker", *command, *extra, str(ROOT)],
@@ -156,6 +157,11 @@ def _build(target: str, tag: str, *extra: str) -> Build:
     seconds = time.perf_counter() - started
     assert result.returncode == 0, f"building {target} failed:\n{result.stderr[-6000:]}"
     size = int(docker("image", "inspect", "--format", "{{.Size}}", tag))
+    current = docker("image", "inspect", "--format", "{{.Id}}", tag)
+    if previous.startswith("sha256:") and previous != current:
+        # The image this tag named before the rebuild is now untagged: ours, so remove it (if
+        # nothing else uses it) instead of leaving gigabytes of dangling images per change.
+        docker("image", "rm", previous, check=False)
     return Build(target, tag, seconds, size)
 
 

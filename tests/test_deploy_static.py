@@ -536,6 +536,19 @@ def _seconds(duration: str) -> float:
     return total
 
 
+def test_compose_health_checks_match_the_images(compose_config):
+    """Compose restates the image's HEALTHCHECK (same command and timings)."""
+    units = {"interval": "interval", "timeout": "timeout", "start-period": "start_period"}
+    for name, target in (("server-onnx", "onnx"), ("server-tensorflow", "tensorflow")):
+        image = image_config(ROOT / "Dockerfile", target).healthcheck
+        assert image is not None
+        check = compose_config["services"][name]["healthcheck"]
+        assert check["test"] == ["CMD", *image.command]
+        for option, key in (*units.items(), ("start-interval", "start_interval")):
+            assert _seconds(check[key]) == _seconds(image.options[option]), (name, option)
+        assert int(check["retries"]) == int(image.options["retries"])
+
+
 def test_compose_load_waits_for_healthy_servers(compose_config):
     services = compose_config["services"]
     for name in ("master", "worker", "prometheus"):
