@@ -225,7 +225,10 @@ class Server:
             raise
         self._started = True
         if not listen_first:
+            await self._wait_for_first_worker()
             grpc_server, rest_runner = await self._listen()
+        elif settings.worker_ready_file:
+            Path(settings.worker_ready_file).touch()
         await self._refresh_health()
         log.info(
             "serving %s with the %s runtime", ", ".join(self.manager.model_names), settings.runtime
@@ -262,6 +265,16 @@ class Server:
         metrics.flush()  # the last requests' metrics, before the process (and its files) end
         log.info("stopped")
         return 0
+
+    async def _wait_for_first_worker(self) -> None:
+        """With --workers: wait until worker 0 has loaded its models (its ready file exists), so
+        no process answers SERVING while another bound to the same ports still loads."""
+        ready_file = self.settings.worker_ready_file
+        if not ready_file:
+            return
+        path = Path(ready_file)
+        while not path.exists() and not self._stop.is_set():
+            await asyncio.sleep(0.05)
 
     async def _listen(self) -> tuple[grpc.aio.Server, web.AppRunner | None]:
         """Bind and start the gRPC server and (unless disabled) the REST server."""

@@ -273,6 +273,10 @@ class Settings(BaseModel):
     # Set by --workers for its children: only worker 0 listens before its models are loaded, so
     # the kernel never hands a connection to a worker that cannot answer it yet.
     worker_index: Annotated[int, Flag(hidden=True)] = Field(0, ge=0)
+    # Set by --workers: worker 0 creates this file once its models are loaded, and the other
+    # first-start workers bind only after it exists. Otherwise a health check answered SERVING
+    # by an early worker could send clients to worker 0 while it still loads (seen in CI).
+    worker_ready_file: Annotated[str | None, Flag(hidden=True)] = Field(None)
     max_request_bytes: Annotated[int, Flag(ours=True)] = Field(
         64 * 1024 * 1024,
         ge=1024,

@@ -4,6 +4,9 @@ The kernel spreads connections over the processes, each with its own runtime and
 throughput is not capped by one Python interpreter. Metrics are aggregated with
 prometheus-client's multiprocess mode. The parent only supervises:
 
+- worker 0 listens from the start (health NOT_SERVING while it loads); the others bind the
+  shared ports only once their own models and worker 0's are loaded, so no process answers
+  SERVING while another behind the same ports still loads;
 - it forwards SIGTERM/SIGINT to every worker and waits for them to drain;
 - a worker killed by a signal (SIGKILL from the OOM killer, a segfault) or that stopped on its
   own is started again while the others keep serving: only the requests it had in flight fail.
@@ -47,7 +50,7 @@ def worker_argv(argv: list[str]) -> list[str]:
         if arg == "--workers":
             skip = True
             continue
-        if arg.startswith(("--workers=", "--worker_index=")):
+        if arg.startswith(("--workers=", "--worker_index=", "--worker_ready_file=")):
             continue
         cleaned.append(arg)
     return [*cleaned, "--workers=1"]
@@ -175,7 +178,15 @@ def run_workers(
     _configure_logging()
     metrics_dir = tempfile.mkdtemp(prefix="serving-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    command = [sys.executable, "-m", "serving", *worker_argv(argv)]
+    # Worker 0 creates it once loaded; the other workers bind the shared ports only after that.
+    ready_file = os.path.join(metrics_dir, "worker0.ready")
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        *worker_argv(argv),
+        f"--worker_ready_file={ready_file}",
+    ]
     supervisor = Supervisor(
         command,
         count,

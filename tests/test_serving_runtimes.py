@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -261,6 +263,35 @@ def test_only_the_first_worker_listens_before_its_models_are_loaded(
     assert len(available) == 2
     assert (listening < min(available)) is listens_first
     assert listening > max(available) or listens_first
+
+
+def test_other_workers_bind_only_once_worker_0_is_loaded(model_repository, mnist, tmp_path):
+    # A worker that finished loading before worker 0 must not answer SERVING yet: clients would
+    # then reach worker 0 through the shared ports while it still loads (CI saw that 404).
+    ready_file = tmp_path / "worker0.ready"
+    log_path = tmp_path / "server.log"
+    server = ServerProcess(
+        model_repository / "models.config",
+        ["--worker_index=1", f"--worker_ready_file={ready_file}"],
+        log_path=log_path,
+    )
+    waiter = threading.Thread(target=server.start)
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not log_path.exists() or log_path.read_text().count("is AVAILABLE") < 2:
+            assert time.monotonic() < deadline, "models did not load"
+            time.sleep(0.1)
+        time.sleep(1.0)  # loaded, yet it must keep waiting for worker 0's file
+        assert "listening: gRPC" not in log_path.read_text()
+        ready_file.touch()
+        waiter.join(timeout=60)
+        assert not waiter.is_alive()
+        with ServingClient(server.grpc_target) as client:
+            assert client.predict("standard", _images(mnist, 1)).classes.shape == (1,)
+    finally:
+        waiter.join(timeout=60)
+        assert server.stop() == 0
 
 
 def test_a_failed_start_quotes_the_server_log(tmp_path):
