@@ -188,6 +188,16 @@ def test_torch_tests_skip_with_the_install_command_without_torch(tmp_path):
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
 
+_OUTER_MAKE_SETTINGS = {
+    "EPOCHS",
+    "WITH_TORCH",
+    "TORCH_INDEX_URL",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+}
+
+
 def _make(directory: Path, *args: str) -> str:
     result = subprocess.run(
         ["make", "-n", *args],
@@ -196,7 +206,9 @@ def _make(directory: Path, *args: str) -> str:
         text=True,
         timeout=60,
         check=False,
-        env={k: v for k, v in os.environ.items() if k not in {"EPOCHS", "WITH_TORCH", "MAKEFLAGS"}},
+        # Settings of an enclosing make (CI runs `make test WITH_TORCH=1 TORCH_INDEX_URL=`, which
+        # exports them to the tests) must not leak into the make under test.
+        env={k: v for k, v in os.environ.items() if k not in _OUTER_MAKE_SETTINGS},
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
