@@ -169,3 +169,11 @@ def pinned(cpus: Collection[int] | None) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, previous)
+
+
+def pin_from_flag(text: str | None) -> None:
+    """Pin this process to the comma-separated CPU ids of a ``--cpus`` flag (the sweep's
+    in-process and operator-profile children); nothing when the flag was not given. Call it
+    before a runtime starts its thread pools, which size themselves to the affinity."""
+    if text:
+        os.sched_setaffinity(0, {int(c) for c in text.split(",")})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import hdr, payload
+from loadtest.cpu import pin_from_flag
 
 MIN_CALLS = 5  # measured calls per cell even when one call outlasts the duration
 SAMPLE_BINS = 10  # throughput samples per measurement window (for the report's intervals)
@@ -191,9 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="measurements per cell")
     parser.add_argument("--cpus", help="pin this process to these CPU ids (comma-separated)")
     args = parser.parse_args(argv)
-    if args.cpus:
-        # Before the runtime starts its thread pools, which size themselves to the affinity.
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    pin_from_flag(args.cpus)
     try:
         result = measure_runtime(
             args.runtime,

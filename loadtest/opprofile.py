@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import tempfile
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
+
+from loadtest.cpu import pin_from_flag
 
 PROFILED_RUNTIMES = ("onnx", "tensorflow")
 DEFAULT_BATCH_SIZES = (1, 32, 256)
@@ -408,8 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="opprofile.csv to append to")
     parser.add_argument("--cpus", help="pin this process to these CPU ids (comma-separated)")
     args = parser.parse_args(argv)
-    if args.cpus:
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    pin_from_flag(args.cpus)
     try:
         rows = profile_rows(
             args.runtime,

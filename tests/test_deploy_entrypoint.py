@@ -32,18 +32,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from contract import INPUT_NAME, OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 from serving.process import free_port, wait_until_serving
+from tests.distributions import dependency_closure
 from tools.dockerfile_image import ImageConfig, image_config
 from tools.requirements import load_requirements, select
 
@@ -55,29 +54,6 @@ PROJECT_DISTRIBUTION = "mnist-serving"
 
 
 # ------------------------------------------------------------------ the ONNX image's environment
-
-
-def _closure(requirements: Iterable[str]) -> set[str]:
-    """Installed distributions needed by ``requirements`` (markers and extras evaluated)."""
-    seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [Requirement(text) for text in requirements]
-    while pending:
-        requirement = pending.pop()
-        name = canonicalize_name(requirement.name)
-        key = (name, frozenset(requirement.extras))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            requires = importlib.metadata.requires(name) or []
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        for text in requires:
-            sub = Requirement(text)
-            extras = ("", *requirement.extras)
-            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
-                pending.append(sub)
-    return {name for name, _ in seen}
 
 
 # What each TensorFlow-free image installs beyond its pinned requirements: pip and setuptools come
@@ -96,7 +72,7 @@ def _image_blocked_modules(image: str) -> set[str]:
     extras, no_deps = IMAGE_INSTALLS[image]
     requirements = load_requirements(ROOT / "pyproject.toml", extras)
     roots = [r.text for r in select(requirements)]
-    allowed = _closure(roots) | {canonicalize_name(name) for name in no_deps}
+    allowed = dependency_closure(roots) | {canonicalize_name(name) for name in no_deps}
     blocked = set()
     for module, distributions in importlib.metadata.packages_distributions().items():
         if not any(canonicalize_name(d) in allowed for d in distributions):

@@ -13,20 +13,19 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.distributions import dependency_closure
 from tools.requirements import load_no_deps, load_requirements
 from tools.requirements import main as requirements_main
 
@@ -110,35 +109,12 @@ def test_requirements_tool_prints_the_no_deps_pins(capsys):
     assert "not combined" in capsys.readouterr().err
 
 
-def _closure(requirements: Iterable[str]) -> set[str]:
-    """Distributions the requirements reach through installed metadata (extras evaluated)."""
-    seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [Requirement(text) for text in requirements]
-    while pending:
-        requirement = pending.pop()
-        name = canonicalize_name(requirement.name)
-        key = (name, frozenset(requirement.extras))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            requires = importlib.metadata.requires(name) or []
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        for text in requires:
-            sub = Requirement(text)
-            extras = ("", *requirement.extras)
-            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
-                pending.append(sub)
-    return {name for name, _ in seen}
-
-
 TENSORFLOW = {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "tensorflow-serving-api"}
 
 
 @pytest.mark.parametrize("extras", [(), ("loadtest",)])
 def test_base_install_reaches_no_tensorflow_and_no_torch(extras):
-    reached = _closure(r.text for r in load_requirements(PYPROJECT, extras))
+    reached = dependency_closure(r.text for r in load_requirements(PYPROJECT, extras))
     assert "grpcio" in reached
     assert "onnxruntime" in reached
     assert not reached & (TENSORFLOW | {"torch", "torchvision"})
