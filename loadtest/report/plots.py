@@ -75,6 +75,12 @@ def _log10_y(ax: Any) -> None:
     ax.yaxis.set_minor_locator(NullLocator())
 
 
+def _panel_grid(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure of ``rows`` x ``columns`` axes (always 2-D) in the constrained layout that
+    ``_finish`` needs for its title and legend."""
+    return pyplot().subplots(rows, columns, figsize=figsize, squeeze=False, layout="constrained")
+
+
 def _finish(fig: Any, title: str, path: Path, dpi: int = 100) -> Path:
     """Title above the panels, one legend (from the first axes with labelled artists) below.
 
@@ -169,14 +175,7 @@ def plot_latency_vs_concurrency(index: Index, path: Path) -> Path | None:
     batches = index.values("batch_size", mode="served")
     if not panels or not batches:
         return None
-    plt = pyplot()
-    fig, axes = plt.subplots(
-        len(panels),
-        len(batches),
-        figsize=(4.2 * len(batches), 3.2 * len(panels)),
-        squeeze=False,
-        layout="constrained",
-    )
+    fig, axes = _panel_grid(len(panels), len(batches), (4.2 * len(batches), 3.2 * len(panels)))
     for i, (runtime, device, protocol) in enumerate(panels):
         for j, batch in enumerate(batches):
             ax = axes[i][j]
@@ -247,7 +246,6 @@ def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
     groups = index.groups()
     if not groups:
         return None
-    plt = pyplot()
     columns = [
         "in-process",
         *sorted(
@@ -255,13 +253,7 @@ def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
             key=lambda p: (p != "grpc", p),
         ),
     ]
-    fig, axes = plt.subplots(
-        len(groups),
-        len(columns),
-        figsize=(4.2 * len(columns), 3.3 * len(groups)),
-        squeeze=False,
-        layout="constrained",
-    )
+    fig, axes = _panel_grid(len(groups), len(columns), (4.2 * len(columns), 3.3 * len(groups)))
     for i, (runtime, device) in enumerate(groups):
         for j, column in enumerate(columns):
             ax = axes[i][j]
@@ -318,17 +310,12 @@ def plot_serving_overhead(items: Sequence[Overhead], path: Path) -> Path | None:
     """Stacked bars per runtime and batch size: in-process p50 + serving overhead = served p50."""
     if not items:
         return None
-    plt = pyplot()
     import numpy as np
 
     groups = list(dict.fromkeys((o.runtime, o.device) for o in items))
     batches = sorted({o.batch_size for o in items})
-    fig, axes = plt.subplots(
-        len(groups),
-        len(batches),
-        figsize=(max(4.5 * len(batches), 6.0), 3.4 * len(groups) + 0.6),
-        squeeze=False,
-        layout="constrained",
+    fig, axes = _panel_grid(
+        len(groups), len(batches), (max(4.5 * len(batches), 6.0), 3.4 * len(groups) + 0.6)
     )
     width = 0.38
     for i, (runtime, device) in enumerate(groups):
@@ -371,17 +358,12 @@ def plot_server_breakdown(items: Sequence[Breakdown], path: Path) -> Path | None
     encode), client + transport = the client's mean latency."""
     if not items:
         return None
-    plt = pyplot()
     import numpy as np
 
     groups = list(dict.fromkeys((b.runtime, b.device, b.protocol) for b in items))
     batches = sorted({b.batch_size for b in items})
-    fig, axes = plt.subplots(
-        len(groups),
-        len(batches),
-        figsize=(max(4.0 * len(batches), 6.0), 3.2 * len(groups) + 0.6),
-        squeeze=False,
-        layout="constrained",
+    fig, axes = _panel_grid(
+        len(groups), len(batches), (max(4.0 * len(batches), 6.0), 3.2 * len(groups) + 0.6)
     )
     parts = (
         ("model inference", lambda b: b.infer_ms, 1.0),
@@ -436,12 +418,8 @@ def plot_opprofile(by_runtime: Mapping[str, Sequence[KindShare]], path: Path) ->
     batches = sorted({s.batch_size for _, shares in groups for s in shares})
     kinds = list(dict.fromkeys(s.kind for _, shares in groups for s in shares))
     colors = dict(zip(kinds, plt.get_cmap("tab10").colors, strict=False))
-    fig, axes = plt.subplots(
-        len(groups),
-        len(batches),
-        figsize=(3.6 * len(batches) + 1, 3.6 * len(groups) + 0.8),
-        squeeze=False,
-        layout="constrained",
+    fig, axes = _panel_grid(
+        len(groups), len(batches), (3.6 * len(batches) + 1, 3.6 * len(groups) + 0.8)
     )
     for i, (runtime, shares) in enumerate(groups):
         for j, batch in enumerate(batches):
