@@ -2,7 +2,7 @@
 TF Serving ``Predict`` for one model (decode ``tensor_content``, run ONNX Runtime inline, encode
 ``float_val``/``int64_val``), with none of the model server's checks, metrics or features.
 
-    python -m benchmarks.minimal_server MODEL_ONNX PORT [--noop] [--sync]
+    python -m benchmarks.minimal_server MODEL_ONNX PORT [--noop] [--sync | --uvloop]
 
 ``--noop`` answers an empty ``PredictResponse`` without running the model: the floor of the
 transport itself. ``--sync`` uses grpcio's thread-pool server instead of grpc.aio (the other
@@ -97,9 +97,14 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--noop", action="store_true")
     parser.add_argument("--sync", action="store_true")
+    parser.add_argument("--uvloop", action="store_true", help="run grpc.aio on uvloop")
     args = parser.parse_args()
     if args.sync:
         serve_sync(args.model, args.port, args.noop)
+    elif args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(args.model, args.port, args.noop))
     else:
         asyncio.run(serve(args.model, args.port, args.noop))
 

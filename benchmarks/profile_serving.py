@@ -27,12 +27,14 @@ from serving.process import ServerProcess, free_port
 
 CASES = {
     # name: (runtime, api, batch, concurrency); runtime "minimal": benchmarks.minimal_server
+    # (on asyncio; "minimal_uvloop" on uvloop)
     "grpc1_onnx": ("onnx", "grpc", 1, 1),
     "rest32_onnx": ("onnx", "rest", 32, 1),
     "grpc1_tensorflow": ("tensorflow", "grpc", 1, 1),
     "rest256_onnx": ("onnx", "rest", 256, 1),
     "grpc1c8_onnx": ("onnx", "grpc", 1, 8),
     "grpc1c8_minimal": ("minimal", "grpc", 1, 8),
+    "grpc1c8_minimal_uvloop": ("minimal_uvloop", "grpc", 1, 8),
 }
 
 # Areas of the code, first match wins (py-spy frames read "function (file:line)").
@@ -49,7 +51,8 @@ AREAS = [
     ("REST handlers", re.compile(r"rest_api\.py")),
     ("aiohttp", re.compile(r"aiohttp")),
     ("gRPC core (grpc._cython)", re.compile(r"grpc/")),
-    ("asyncio event loop", re.compile(r"asyncio/")),
+    # uvloop's loop is compiled: without --native its samples end in uvloop's run().
+    ("event loop (asyncio, uvloop)", re.compile(r"asyncio/|uvloop")),
     ("thread pools", re.compile(r"concurrent/futures|threading\.py")),
 ]
 
@@ -115,7 +118,7 @@ def profile_case(
     """Profile one case; the summary text."""
     runtime, api, batch, concurrency = CASES[name]
     with contextlib.ExitStack() as stack:
-        if runtime == "minimal":
+        if runtime.startswith("minimal"):
             port = free_port()
             version_dir = latest_version(config.parent / model)
             process = stack.enter_context(
@@ -126,6 +129,7 @@ def profile_case(
                         "benchmarks.minimal_server",
                         str(version_dir / "model.onnx"),
                         str(port),
+                        *(["--uvloop"] if runtime == "minimal_uvloop" else []),
                     ]
                 )
             )

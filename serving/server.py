@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -148,7 +149,9 @@ class Server:
             self._executor,
             batching=settings.batching if settings.enable_batching else None,
             batch_executor=batch_executor,
-            inline_max_rows=INLINE_MAX_ROWS.get(settings.runtime, 0),
+            inline_max_rows=settings.inline_max_rows
+            if settings.inline_max_rows >= 0
+            else INLINE_MAX_ROWS.get(settings.runtime, 0),
         )
         self.health = Health()
         self._background: set[asyncio.Task[None]] = set()
@@ -224,6 +227,9 @@ class Server:
                 await self._stop_listening(grpc_server, rest_runner, grace=0)
             raise
         self._started = True
+        # Everything loaded so far (libraries, models) lives as long as the process: moved out
+        # of the collector's generations, full collections no longer walk it under load.
+        gc.freeze()
         if not listen_first:
             await self._wait_for_first_worker()
             grpc_server, rest_runner = await self._listen()
@@ -356,4 +362,8 @@ def run_server(settings: Settings) -> int:
     configure_logging(settings.log_level)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     server = Server(settings)
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(server.run())
     return asyncio.run(server.run())

@@ -254,6 +254,13 @@ class Settings(BaseModel):
     grpc_max_threads: Annotated[int, Flag()] = Field(
         0, ge=0, description="inference threads; 0 = one per core"
     )
+    inline_max_rows: Annotated[int, Flag(ours=True)] = Field(
+        -1,
+        ge=-1,
+        description="requests of up to this many rows run on the event loop's thread, not an "
+        "inference thread (without batching); -1 = the runtime's measured default (onnx 4, "
+        "others 0)",
+    )
     grpc_max_concurrent_streams: Annotated[int, Flag(ours=True)] = Field(
         0, ge=0, description="HTTP/2 streams per gRPC connection; 0 = gRPC default"
     )
@@ -266,6 +273,10 @@ class Settings(BaseModel):
     )
     device: Annotated[Literal["cpu", "cuda"], Flag(ours=True)] = Field(
         "cpu", description="cpu or cuda"
+    )
+    event_loop: Annotated[Literal["uvloop", "asyncio"], Flag(ours=True)] = Field(
+        "uvloop",
+        description="uvloop (libuv, the default) or asyncio (the standard library's loop)",
     )
     workers: Annotated[int, Flag(ours=True)] = Field(
         1, ge=1, le=256, description="server processes sharing the ports"

@@ -87,6 +87,9 @@ class PredictionService:
         self._batch_executor = batch_executor or executor
         # Tiny requests run on the event loop thread: a thread hop costs more than the model.
         self._inline_max_rows = inline_max_rows
+        # Predict calls between validation and answer (the transports ask whether the loop is
+        # busy before deciding where to decode a large body).
+        self.in_flight = 0
 
     def signature(self, servable: ServableVersion, name: str) -> Signature:
         """The signature ``name`` (default ``serving_default``) of a loaded version."""
@@ -167,6 +170,7 @@ class PredictionService:
         version_label = "unknown"
         code = "OK"
         servable = None
+        self.in_flight += 1
         try:
             servable = self._manager.resolve(ref.name, ref.version, ref.label)
             servable.acquire()
@@ -188,6 +192,7 @@ class PredictionService:
             code = status_of(exc).code.name
             raise
         finally:
+            self.in_flight -= 1
             if servable is not None:
                 servable.release()
             model_label = ref.name if self._manager.serves(ref.name) else "_unknown_"

@@ -58,25 +58,9 @@ def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
     return ModelRef(spec.name, version, label, spec.signature_name)
 
 
-async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Reply]]) -> Reply:
-    """Run a handler and answer what it raised with ``errors.status_of``'s status (an
-    unexpected exception is logged: it is a server bug, not the client's fault)."""
-    try:
-        return await call()
-    except asyncio.CancelledError:
-        raise
-    except grpc.aio.AbortError:
-        raise  # context.abort was already called
-    except Exception as exc:
-        status = status_of(exc)
-        if status.unexpected:
-            log.exception("unexpected error in a gRPC handler")
-        await context.abort(status.code, status.message)
-    raise AssertionError("unreachable")  # context.abort always raises
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService``."""
+    """``tensorflow.serving.PredictionService``. Methods raise; ``add_service`` wraps each in
+    ``_handled``, which answers what they raised."""
 
     def __init__(
         self, service: PredictionService, max_request_bytes: int, timeout_s: float
@@ -86,11 +70,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._timeout_s = timeout_s
 
     async def Predict(  # noqa: N802 - gRPC method name
-        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> predict_pb2.PredictResponse:
-        return await _guard(context, lambda: self._predict(request, context))
-
-    async def _predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         started = time.perf_counter()
@@ -124,47 +103,39 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         request: get_model_metadata_pb2.GetModelMetadataRequest,
         context: grpc.aio.ServicerContext,
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        async def call() -> get_model_metadata_pb2.GetModelMetadataResponse:
-            ref = model_ref(request.model_spec)
-            fields = list(request.metadata_field)
-            if not fields:
-                raise invalid_argument(
-                    "GetModelMetadataRequest must specify at least one metadata_field"
-                )
-            unsupported = [f for f in fields if f != "signature_def"]
-            if unsupported:
-                raise invalid_argument(f"Metadata field {unsupported[0]} is not supported")
-            metadata = self._service.metadata(ref)
-            packed = any_pb2.Any()
-            packed.Pack(signature_def_map(metadata.signatures))
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = metadata.name
-            response.model_spec.version.value = metadata.version
-            response.metadata["signature_def"].CopyFrom(packed)
-            return response
-
-        return await _guard(context, call)
-
-    async def _unsupported(self, spec: model_pb2.ModelSpec, api: str) -> Any:
-        self._service.unsupported(model_ref(spec), api)
+        ref = model_ref(request.model_spec)
+        fields = list(request.metadata_field)
+        if not fields:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
+        unsupported = [f for f in fields if f != "signature_def"]
+        if unsupported:
+            raise invalid_argument(f"Metadata field {unsupported[0]} is not supported")
+        metadata = self._service.metadata(ref)
+        packed = any_pb2.Any()
+        packed.Pack(signature_def_map(metadata.signatures))
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = metadata.name
+        response.model_spec.version.value = metadata.version
+        response.metadata["signature_def"].CopyFrom(packed)
+        return response
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await _guard(context, lambda: self._unsupported(request.model_spec, "Classify"))
+        self._service.unsupported(model_ref(request.model_spec), "Classify")
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await _guard(context, lambda: self._unsupported(request.model_spec, "Regress"))
+        self._service.unsupported(model_ref(request.model_spec), "Regress")
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def call() -> Any:
-            if not request.tasks:
-                raise invalid_argument("MultiInference request has no tasks")
-            return await self._unsupported(request.tasks[0].model_spec, "MultiInference")
-
-        return await _guard(context, call)
+        if not request.tasks:
+            raise invalid_argument("MultiInference request has no tasks")
+        self._service.unsupported(model_ref(request.tasks[0].model_spec), "MultiInference")
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``tensorflow.serving.ModelService``: status and live reconfiguration."""
+    """``tensorflow.serving.ModelService``: status and live reconfiguration (wrapped in
+    ``_handled`` like ``PredictionServicer``)."""
 
     def __init__(self, service: PredictionService) -> None:
         self._service = service
@@ -172,31 +143,25 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     async def GetModelStatus(  # noqa: N802
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        async def call() -> get_model_status_pb2.GetModelStatusResponse:
-            spec = request.model_spec
-            if not spec.name:
-                raise invalid_argument("model_spec.name is required")
-            version = spec.version.value if spec.HasField("version") else None
-            versions = self._service.status(ModelRef(spec.name, version))
-            return get_model_status_pb2.GetModelStatusResponse(
-                model_version_status=version_statuses(versions)
-            )
-
-        return await _guard(context, call)
+        spec = request.model_spec
+        if not spec.name:
+            raise invalid_argument("model_spec.name is required")
+        version = spec.version.value if spec.HasField("version") else None
+        versions = self._service.status(ModelRef(spec.name, version))
+        return get_model_status_pb2.GetModelStatusResponse(
+            model_version_status=version_statuses(versions)
+        )
 
     async def HandleReloadConfigRequest(  # noqa: N802
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        async def call() -> model_management_pb2.ReloadConfigResponse:
-            try:
-                configs = from_proto(request.config)
-                # Refused, changing nothing, when a base path is outside the allowed roots.
-                await self._service.reload_config(configs)
-            except ConfigError as exc:
-                raise invalid_argument(f"invalid model config: {exc}") from exc
-            return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
-
-        return await _guard(context, call)
+        try:
+            configs = from_proto(request.config)
+            # Refused, changing nothing, when a base path is outside the allowed roots.
+            await self._service.reload_config(configs)
+        except ConfigError as exc:
+            raise invalid_argument(f"invalid model config: {exc}") from exc
+        return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
 
 
 class Health:
@@ -246,12 +211,28 @@ def _lenient_parser(message_class: type[Any]) -> Callable[[bytes], Any]:
     return parse
 
 
-def _checked(handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, MalformedMessage):
-            status = status_of(invalid_argument(request.message))
+def _handled(
+    handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Reply]],
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Reply]]:
+    """One coroutine per RPC: refuse an undecodable request, run the handler, answer what it
+    raised with ``errors.status_of``'s status (an unexpected exception is logged: it is a
+    server bug, not the client's fault)."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Reply:
+        try:
+            if isinstance(request, MalformedMessage):
+                raise invalid_argument(request.message)
+            return await handler(request, context)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise  # context.abort was already called
+        except Exception as exc:
+            status = status_of(exc)
+            if status.unexpected:
+                log.exception("unexpected error in a gRPC handler")
             await context.abort(status.code, status.message)
-        return await handler(request, context)
+        raise AssertionError("unreachable")  # context.abort always raises
 
     return call
 
@@ -264,7 +245,7 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _checked(getattr(servicer, method.name)),
+            _handled(getattr(servicer, method.name)),
             request_deserializer=_lenient_parser(request_class),
             response_serializer=response_class.SerializeToString,
         )

@@ -291,13 +291,9 @@ class PredictBody:
     """A decoded ``:predict`` body: ``signature_name`` now, the inputs once the signature is
     known (``inputs``)."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, fast: FastBody | None) -> None:
         self._raw = raw
-        self._fast: FastBody | None
-        try:
-            self._fast = _fast_parse(raw)
-        except _NeedsReferenceError:
-            self._fast = None
+        self._fast = fast
         self._parsed: Any = None
         if self._fast is None:
             self._parsed = parse_json(raw)
@@ -335,9 +331,28 @@ class PredictBody:
         return {n: _fast_cast(body.arrays[n], specs[n]) for n in specs}
 
 
+def _try_fast(raw: bytes) -> FastBody | None:
+    try:
+        return _fast_parse(raw)
+    except _NeedsReferenceError:
+        return None
+
+
 def decode_predict(raw: bytes) -> PredictBody:
     """Parse a ``:predict`` body; 400 for malformed JSON or a non-string ``signature_name``."""
-    return PredictBody(raw)
+    return PredictBody(raw, _try_fast(raw))
+
+
+def decode_predict_fast(raw: bytes) -> PredictBody | None:
+    """The body when the fast decoder takes it (milliseconds even for megabytes), else None:
+    then :func:`decode_predict_reference`, which may take a hundred milliseconds."""
+    fast = _try_fast(raw)
+    return None if fast is None else PredictBody(raw, fast)
+
+
+def decode_predict_reference(raw: bytes) -> PredictBody:
+    """:func:`decode_predict` without trying the fast decoder (it already declined)."""
+    return PredictBody(raw, None)
 
 
 # --- the answer ------------------------------------------------------------------------------
@@ -378,6 +393,8 @@ def encode_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> byte
 __all__ = [
     "PredictBody",
     "decode_predict",
+    "decode_predict_fast",
+    "decode_predict_reference",
     "encode_json",
     "encode_response",
     "parse_json",
