@@ -40,6 +40,8 @@ _TYPED_FIELDS = tuple(
     for field in sorted(tensor_pb2.TensorProto.DESCRIPTOR.fields, key=lambda f: f.number)
     if field.name.endswith("_val")
 )
+_TYPED_FIELD_SET = frozenset(_TYPED_FIELDS)
+_LIST_FIELDS_MAX_BYTES = 64 * 1024
 
 
 def dtype_name(enum_value: int) -> str:
@@ -106,9 +108,13 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
     dims = shape_of(proto, name, max_bytes)
     elements = math.prod(dims)
     content = proto.tensor_content
-    # len() of a repeated field reads its size without copying anything; ListFields would copy
-    # tensor_content (a 256-image request: 800 KB, ~0.5 ms with page faults) just to name it.
-    typed_fields = [field for field in _TYPED_FIELDS if len(getattr(proto, field))]
+    if len(content) <= _LIST_FIELDS_MAX_BYTES:
+        # One C call naming the set fields (2.3 µs against 4.0 for a 1-image request)...
+        typed_fields = [f.name for f, _ in proto.ListFields() if f.name in _TYPED_FIELD_SET]
+    else:
+        # ...but ListFields copies tensor_content (a 256-image request: 800 KB, ~0.5 ms with
+        # page faults) just to name it, where len() of each repeated field copies nothing.
+        typed_fields = [field for field in _TYPED_FIELDS if len(getattr(proto, field))]
     if content:
         if typed_fields:
             raise invalid_argument(
@@ -143,7 +149,9 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
 def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     """Encode ``array`` into ``out`` in the typed fields (float_val, int64_val...), as TF Serving
     answers Predict (TF's ``Tensor::AsProtoField``)."""
-    enum_value = numpy_to_dtype_enum(array.dtype)
+    enum_value = _DTYPE_ENUM.get(array.dtype)  # per response: skip np.dtype() normalisation
+    if enum_value is None:
+        enum_value = numpy_to_dtype_enum(array.dtype)
     out.dtype = enum_value
     dims = out.tensor_shape.dim
     for size in array.shape:

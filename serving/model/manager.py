@@ -47,6 +47,16 @@ class ServedModel:
             reverse=True,
         )
 
+    def latest_available(self) -> ServableVersion | None:
+        """The newest AVAILABLE version (per request: a loop, not ``available``'s sort)."""
+        latest = None
+        for candidate in self.versions.values():
+            if candidate.state is VersionState.AVAILABLE and (
+                latest is None or candidate.version > latest.version
+            ):
+                latest = candidate
+        return latest
+
 
 def discover_versions(base_path: Path) -> dict[int, Path]:
     """Integer-named version directories under ``base_path`` that stay inside it.
@@ -273,12 +283,12 @@ class ModelManager:
                 raise not_found(f"model '{name}' has no version label '{label}'")
             version = model.config.labels[label]
         if version is None:
-            available = model.available()
-            if not available:
+            latest = model.latest_available()
+            if latest is None:
                 raise not_found(
                     f"Servable not found for request: Latest({name}) (no version is available)"
                 )
-            return available[0]
+            return latest
         candidate = model.versions.get(version)
         if candidate is None or candidate.state != VersionState.AVAILABLE:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")

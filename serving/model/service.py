@@ -214,9 +214,6 @@ class PredictionService:
         runtime = servable.runtime
         assert runtime is not None
 
-        def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return runtime.predict(signature.name, batch)
-
         def timed_run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             # Timed where it runs (thread or loop): the runtime's time without the thread hop.
             start = time.perf_counter()
@@ -229,6 +226,10 @@ class PredictionService:
             if self._batching is not None:
                 batcher = servable.batchers.get(signature.name)
                 if batcher is None:
+
+                    def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                        return runtime.predict(signature.name, batch)
+
                     batcher = Batcher(
                         run,
                         self._batching,
@@ -310,6 +311,8 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> i
 
 def validate_output_filter(signature: Signature, output_filter: Sequence[str]) -> list[str]:
     """Names from ``output_filter`` (all outputs when empty); unknown names are rejected."""
+    if not output_filter:
+        return []
     names = list(dict.fromkeys(output_filter))
     unknown = [n for n in names if n not in signature.outputs]
     if unknown:
