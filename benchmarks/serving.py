@@ -458,27 +458,45 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if want("served_overhead"):
-        # Served p50 - in-process p50 at batch 1, concurrency 1, per runtime, in one run: what
-        # the server adds around the same runtime.predict call (default thread settings both).
+        # Served p50 - in-process p50 at batch 1, concurrency 1, per runtime: what the server
+        # adds around the same runtime.predict call (default thread settings both). Rounds
+        # alternate the runtimes' order (A B, B A, ...); the ratio is taken per round, the
+        # median over rounds reported.
         version_dir = latest_version(args.models_dir / model)
-        overhead: dict[str, dict[str, float]] = {}
+        overhead_rounds: list[dict[str, dict[str, float]]] = []
+        for round_index in range(args.rounds):
+            row_overhead: dict[str, dict[str, float]] = {}
+            order = ("onnx", "tensorflow") if round_index % 2 == 0 else ("tensorflow", "onnx")
+            for runtime in order:
+                with ServerProcess(config, [f"--runtime={runtime}"]) as server:
+                    served = drive("grpc", server.grpc_target, model, 1, 1, d)
+                local = in_process_p50_ms(runtime, version_dir, 1, d)
+                row_overhead[runtime] = {
+                    "served_p50_ms": served["p50_ms"],
+                    "in_process_p50_ms": local,
+                    "overhead_ms": served["p50_ms"] - local,
+                }
+            overhead_rounds.append(row_overhead)
+        ratios = [
+            r["tensorflow"]["overhead_ms"] / r["onnx"]["overhead_ms"] for r in overhead_rounds
+        ]
         for runtime in ("onnx", "tensorflow"):
-            with ServerProcess(config, [f"--runtime={runtime}"]) as server:
-                served = drive("grpc", server.grpc_target, model, 1, 1, d)
-            local = in_process_p50_ms(runtime, version_dir, 1, d)
-            overhead[runtime] = {
-                "served_p50_ms": served["p50_ms"],
-                "in_process_p50_ms": local,
-                "overhead_ms": served["p50_ms"] - local,
-            }
             add(
-                f"{runtime}: served - in-process p50, 1 image, c1",
-                f"{served['p50_ms'] - local:.3f} ms ({served['p50_ms']:.3f} - {local:.3f})",
+                f"{runtime}: served - in-process p50, 1 image, c1 ({args.rounds} rounds)",
+                ", ".join(
+                    f"{r[runtime]['overhead_ms']:.3f} ms ({r[runtime]['served_p50_ms']:.3f} - "
+                    f"{r[runtime]['in_process_p50_ms']:.3f})"
+                    for r in overhead_rounds
+                ),
                 "",
             )
-        ratio = overhead["tensorflow"]["overhead_ms"] / overhead["onnx"]["overhead_ms"]
-        figures["served_overhead"] = {**overhead, "ratio": ratio}
-        add("served overhead: tensorflow / onnx", f"{ratio:.2f}x", "<= 1.2x")
+        ratio = statistics.median(ratios)
+        figures["served_overhead"] = {"rounds": overhead_rounds, "ratios": ratios, "ratio": ratio}
+        add(
+            "served overhead: tensorflow / onnx",
+            f"{ratio:.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})",
+            "<= 1.2x",
+        )
 
     if want("tf_batching"):
         batching_file = Path(tempfile.mkdtemp()) / "batching.config"

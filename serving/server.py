@@ -35,10 +35,11 @@ from serving.transport.rest_api import RestApi, start_rest
 log = logging.getLogger("serving")
 
 # Requests up to this many rows run on the event loop thread, where handing the work to a thread
-# and back costs more than it saves: ONNX Runtime's call takes tens of microseconds up to 4
-# rows; TensorFlow's batch-1 call ~0.4 ms, and inline it served 12% faster at c1 and 11% more
-# req/s at c8 than on the executor (docs/performance.md, A/B on uvloop).
-INLINE_MAX_ROWS = {"onnx": 4, "tensorflow": 1, "torch": 0}
+# and back costs more than it saves: ONNX Runtime's call takes tens of microseconds up to 4 rows.
+# TensorFlow's batch-1 call (~0.4 ms) stays on the executor: inline it was bimodal from one
+# server process to the next (c8: 1,060 req/s in some, 580-630 in others, against a steady
+# 910-970 on the executor; docs/performance.md). --inline_max_rows overrides.
+INLINE_MAX_ROWS = {"onnx": 4, "tensorflow": 0, "torch": 0}
 
 
 class StartupError(RuntimeError):
