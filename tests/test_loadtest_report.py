@@ -116,9 +116,10 @@ def test_report_has_every_section_and_every_plot_is_a_non_blank_png(run_dir):
     assert len(ratios) == 2 * (2 + 8)
 
 
-def test_committed_full_grid_still_renders(tmp_path):
+def test_committed_single_run_grid_still_renders(tmp_path):
+    """The earlier grid (one run per cell, unpinned), kept for what the method flags in it."""
     target = tmp_path / "cpu-2core"
-    shutil.copytree(REPO / "results" / "cpu-2core", target)
+    shutil.copytree(REPO / "results" / "cpu-2core" / "single-run-grid-2026-11-26", target)
     text = report.render(target).read_text()
     with open(target / "ratios.csv", newline="") as handle:
         ratios = {
@@ -139,6 +140,30 @@ def test_committed_full_grid_still_renders(tmp_path):
     ]
     assert rest and all(line.split("|")[14].strip() == "—" for line in rest)
     assert FLAG_NO_REQUEST in ratios[("onnx", "rest", "256", "32")]["flag"]
+
+
+def test_committed_full_grid_renders_with_every_cell_measured(tmp_path):
+    """The grid behind the README: 3 alternating repetitions everywhere, every cell with an
+    interval, REST at batch 256 x 32 users completing requests; a cell flagged as interference
+    is never the headline."""
+    target = tmp_path / "cpu-2core"
+    shutil.copytree(
+        REPO / "results" / "cpu-2core",
+        target,
+        ignore=shutil.ignore_patterns("single-run-grid-*", "pinning-*", "training", "data-plane-*"),
+    )
+    text = report.render(target).read_text()
+    with open(target / "ratios.csv", newline="") as handle:
+        ratios = list(csv.DictReader(handle))
+    assert len(ratios) == 42  # 2 runtimes x (3 in-process + 2 protocols x 3 batches x 3 users)
+    assert all(r["repeats"] == "3" and r["ratio_low"] and r["ratio_high"] for r in ratios)
+    assert not any(FLAG_SINGLE in r["flag"] or FLAG_NO_REQUEST in r["flag"] for r in ratios)
+    headline = text.split("## Verdict")[1].split("The largest measured speedup is ")[1]
+    best = max(
+        (r for r in ratios if FLAG_INTERFERENCE not in r["flag"]),
+        key=lambda r: float(r["ratio_median"]),
+    )
+    assert headline.startswith(f"{float(best['ratio_median']):.2f}x")
 
 
 def test_rerender_and_compare_from_the_command_line(run_dir, tmp_path, capsys):
@@ -509,3 +534,17 @@ def test_soak_figures_in_the_docs_name_the_model_the_soak_ran():
         window = text[max(0, link - 400) : link]
         assert f"`{model}`" in window, doc.name
         assert f"`{other}`" not in window, doc.name
+
+
+def test_readme_headline_is_the_committed_grid():
+    """README's verdict and FLOPs-vs-reality table are the committed full grid's, regenerated
+    (``python -m loadtest.report --headline results/cpu-2core``), never hand-edited figures."""
+    from loadtest.report import headline
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    begin = "<!-- headline: python -m loadtest.report --headline results/cpu-2core -->\n"
+    end = "\n<!-- /headline -->"
+    assert begin in readme and end in readme
+    block = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert block.strip() == headline(root / "results" / "cpu-2core").strip()

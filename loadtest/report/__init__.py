@@ -23,7 +23,7 @@ from rich.console import Console
 from loadtest.report.analysis import compute_ratios, write_ratios
 from loadtest.report.compare import COMPARE_NAME, compare
 from loadtest.report.data import Index, Run, load_run
-from loadtest.report.rendering import REPORT_NAME, print_summary, render
+from loadtest.report.rendering import REPORT_NAME, headline, print_summary, render
 from loadtest.report.verdict import verdict
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Run",
     "compare",
     "compute_ratios",
+    "headline",
     "load_run",
     "main",
     "print_summary",
@@ -51,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", nargs="?", type=Path, help="a reports/<run-id> directory")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"))
     parser.add_argument("--output", type=Path, help="where --compare writes (default: next to A)")
+    parser.add_argument(
+        "--headline",
+        action="store_true",
+        help="print RUN_DIR's verdict and FLOPs-vs-reality table (the README's block) and "
+        "write nothing",
+    )
     parser.add_argument(
         "--pair-runtimes",
         action="append",
@@ -72,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=160)
     try:
+        if args.headline:
+            if not args.run_dir:
+                parser.error("--headline needs RUN_DIR")
+            print(headline(args.run_dir))
+            return 0
         if args.compare:
             path = compare(args.compare[0], args.compare[1], args.output, pairs)
         else:

@@ -565,6 +565,24 @@ def render(run_dir: Path) -> Path:
     return report
 
 
+def headline(run_dir: Path) -> str:
+    """The README's account of a run: its generated verdict and its FLOPs-vs-reality table,
+    recomputed from the run's saved results exactly as ``render`` does (nothing is written).
+    ``python -m loadtest.report --headline RUN_DIR`` prints it; a test holds the README to it."""
+    run = load_run(run_dir)
+    index = Index(run.rows)
+    costs = run.costs
+    ratios = compute_ratios(run)
+    table = speedups(ratios, macs_ratio(costs))
+    return "\n".join(
+        [
+            verdict(ratios, costs, shares=profiles(run), breakdown=breakdowns(index)),
+            "",
+            *_speedup_lines(table),
+        ]
+    )
+
+
 # --- terminal summary -----------------------------------------------------------------------------
 
 
