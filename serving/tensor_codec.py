@@ -54,6 +54,9 @@ def dtype_name(enum_value: int) -> str:
 
 def numpy_to_dtype_enum(dtype: np.dtype) -> int:
     """``DataType`` of a numpy dtype."""
+    enum_value = _DTYPE_ENUM.get(dtype)  # a numpy dtype already: no np.dtype() normalisation
+    if enum_value is not None:
+        return enum_value
     try:
         return _DTYPE_ENUM[np.dtype(dtype)]
     except KeyError as exc:
@@ -149,9 +152,7 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
 def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     """Encode ``array`` into ``out`` in the typed fields (float_val, int64_val...), as TF Serving
     answers Predict (TF's ``Tensor::AsProtoField``)."""
-    enum_value = _DTYPE_ENUM.get(array.dtype)  # per response: skip np.dtype() normalisation
-    if enum_value is None:
-        enum_value = numpy_to_dtype_enum(array.dtype)
+    enum_value = numpy_to_dtype_enum(array.dtype)
     out.dtype = enum_value
     dims = out.tensor_shape.dim
     for size in array.shape:

@@ -153,6 +153,9 @@ def test_committed_full_grid_renders_with_every_cell_measured(tmp_path):
         ignore=shutil.ignore_patterns("single-run-grid-*", "pinning-*", "training", "data-plane-*"),
     )
     text = report.render(target).read_text()
+    # --headline prints report.md's own verdict and FLOPs table, not a second account of them.
+    verdict_text, table = report.headline(target).split("\n\n", 1)
+    assert f"## Verdict\n\n{verdict_text}\n" in text and table in text
     with open(target / "ratios.csv", newline="") as handle:
         ratios = list(csv.DictReader(handle))
     assert len(ratios) == 42  # 2 runtimes x (3 in-process + 2 protocols x 3 batches x 3 users)

@@ -39,16 +39,8 @@ class ServedModel:
     config: ModelConfig
     versions: dict[int, ServableVersion] = field(default_factory=dict)
 
-    def available(self) -> list[ServableVersion]:
-        """AVAILABLE versions, newest first."""
-        return sorted(
-            (v for v in self.versions.values() if v.state == VersionState.AVAILABLE),
-            key=lambda v: v.version,
-            reverse=True,
-        )
-
     def latest_available(self) -> ServableVersion | None:
-        """The newest AVAILABLE version (per request: a loop, not ``available``'s sort)."""
+        """The newest AVAILABLE version (looked up per request: a loop, no sort)."""
         latest = None
         for candidate in self.versions.values():
             if candidate.state is VersionState.AVAILABLE and (
@@ -308,12 +300,14 @@ class ModelManager:
 
     def all_available(self) -> bool:
         """Every configured model has at least one AVAILABLE version (the server is ready)."""
-        return bool(self._models) and all(m.available() for m in self._models.values())
+        return bool(self._models) and all(
+            m.latest_available() is not None for m in self._models.values()
+        )
 
     def is_available(self, name: str) -> bool:
         """Model ``name`` has an AVAILABLE version."""
         model = self._models.get(name)
-        return model is not None and bool(model.available())
+        return model is not None and model.latest_available() is not None
 
     async def close(self) -> None:
         """Unload everything after in-flight requests finish."""

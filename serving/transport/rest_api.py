@@ -157,7 +157,6 @@ class RestApi:
                 if fast_body is not None:
                     body = fast_body
                 elif large:  # the reference decoder: ~100 ms for megabytes, never on the loop
-                    offload = True
                     body = await self._off_loop(decode_predict_reference, raw)
                 else:
                     body = decode_predict_reference(raw)
@@ -166,7 +165,7 @@ class RestApi:
                 self._service.unsupported(ref, f":{verb}")
             signature = self._service.input_signature(ref)
             # The fast decoder's arrays only need a cast: a second thread hop would cost more.
-            if offload and not body.fast:
+            if large and not body.fast:
                 inputs, row_format = await self._off_loop(body.inputs, signature)
             else:
                 inputs, row_format = body.inputs(signature)
