@@ -14,11 +14,13 @@ thread spinning, one intra-op thread up to :data:`serving.runtimes.onnx.SMALL_BA
 so the profile is that of the served model.
 
 The TensorFlow runtime is profiled with ``tf.profiler`` around the runtime's own ``predict``
-calls; TensorFlow's profiler plugin turns the XPlane trace into its "framework op stats" (self
-time per op), and op types map to kinds (``DepthwiseConv2dNative``: depthwise; a convolution in
-a layer that also has a depthwise one: pointwise; other convolutions: standard; ``MatMul``:
-dense; ``MaxPool``/``AvgPool``: pooling). Its multiply-adds come from the same version's ONNX
-graph (the same weights). The torch runtime is not profiled; the sweep records that.
+calls, on TF's default executor at every batch size (the server's single-threaded executor for
+small batches runs the same kernels, but the profiler records none of them); TensorFlow's
+profiler plugin turns the XPlane trace into its "framework op stats" (self time per op), and op
+types map to kinds (``DepthwiseConv2dNative``: depthwise; a convolution in a layer that also has
+a depthwise one: pointwise; other convolutions: standard; ``MatMul``: dense;
+``MaxPool``/``AvgPool``: pooling). Its multiply-adds come from the same version's ONNX graph (the
+same weights). The torch runtime is not profiled; the sweep records that.
 
 Rows (``opprofile.csv``): ``runtime, device, model, batch_size, op_kind, ms, macs, gmacs_per_s``
 where ``ms`` is the mean time per call and ``macs`` the multiply-adds per call (whole batch).
@@ -291,8 +293,13 @@ def profile_tensorflow(
 
     from contract import INPUT_NAME, ONNX_FILENAME, SIGNATURE_NAME
     from serving.runtimes import RuntimeOptions, load_runtime
+    from serving.runtimes.tensorflow import TensorFlowRuntime
 
     runtime = load_runtime("tensorflow", version_dir, RuntimeOptions())
+    # The server runs up to 8 rows on TF's single-threaded executor, whose kernels TF's
+    # profiler does not record: the default executor here, same kernels, its own overhead.
+    assert isinstance(runtime, TensorFlowRuntime)
+    runtime.single_threaded_max_rows = 0
     images = np.random.default_rng(0).random((batch_size, 28, 28, 1), dtype=np.float32)
     try:
         for _ in range(warmup_calls):

@@ -36,10 +36,11 @@ log = logging.getLogger("serving")
 
 # Requests up to this many rows run on the event loop thread, where handing the work to a thread
 # and back costs more than it saves: ONNX Runtime's call takes tens of microseconds up to 4 rows.
-# TensorFlow's batch-1 call (~0.4 ms) stays on the executor: inline it was bimodal from one
-# server process to the next (c8: 1,060 req/s in some, 580-630 in others, against a steady
-# 910-970 on the executor; docs/performance.md). --inline_max_rows overrides.
-INLINE_MAX_ROWS = {"onnx": 4, "tensorflow": 0, "torch": 0}
+# TensorFlow's batch-1 call (~0.4 ms) runs there too, on its single-threaded executor
+# (runtimes.tensorflow): 1.34 -> 1.15 ms at c1, 1,010 -> 1,149 req/s at c8 in every one of 4
+# server processes. On TF's default executor inline was bimodal from one process to the next
+# (docs/performance.md). --inline_max_rows overrides.
+INLINE_MAX_ROWS = {"onnx": 4, "tensorflow": 1, "torch": 0}
 
 
 class StartupError(RuntimeError):

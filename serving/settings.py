@@ -259,7 +259,7 @@ class Settings(BaseModel):
         ge=-1,
         description="requests of up to this many rows run on the event loop's thread, not an "
         "inference thread (without batching); -1 = the runtime's measured default (onnx 4, "
-        "others 0)",
+        "tensorflow 1, torch 0)",
     )
     grpc_max_concurrent_streams: Annotated[int, Flag(ours=True)] = Field(
         0, ge=0, description="HTTP/2 streams per gRPC connection; 0 = gRPC default"

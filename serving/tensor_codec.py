@@ -42,6 +42,11 @@ _TYPED_FIELDS = tuple(
 )
 _TYPED_FIELD_SET = frozenset(_TYPED_FIELDS)
 _LIST_FIELDS_MAX_BYTES = 64 * 1024
+_CONTENT_FIELD_NUMBER = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name["tensor_content"].number
+assert all(  # what to_numpy's shortcut relies on
+    tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name[f].number > _CONTENT_FIELD_NUMBER
+    for f in _TYPED_FIELDS
+)
 
 
 def dtype_name(enum_value: int) -> str:
@@ -66,13 +71,32 @@ def numpy_to_dtype_enum(dtype: np.dtype) -> int:
 def shape_of(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> tuple[int, ...]:
     """Validated shape of ``proto``; its decoded size may not exceed ``max_bytes``."""
     shape = proto.tensor_shape
+    # Reading dims one by one makes a Python object per dim (2.4 µs for a 4-d shape); the
+    # shape's bytes (0.3 µs) name the same shape, so a shape seen before skips it.
+    key = (proto.dtype, max_bytes, shape.SerializeToString())
+    dims = _VALID_SHAPES.get(key)
+    if dims is None:
+        dims = _checked_shape(shape, _DTYPES[proto.dtype][0].itemsize, name, max_bytes)
+        if len(_VALID_SHAPES) >= _VALID_SHAPES_MAX:
+            _VALID_SHAPES.clear()  # clients sending ever new shapes: bounded, never stale
+        _VALID_SHAPES[key] = dims
+    return dims
+
+
+# (dtype, max_bytes, serialized TensorShapeProto) → the shape it validated to
+_VALID_SHAPES: dict[tuple[int, int, bytes], tuple[int, ...]] = {}
+_VALID_SHAPES_MAX = 1024
+
+
+def _checked_shape(
+    shape: tensor_shape_pb2.TensorShapeProto, itemsize: int, name: str, max_bytes: int
+) -> tuple[int, ...]:
     if shape.unknown_rank:
         raise invalid_argument(f"input '{name}' has unknown rank; a full shape is required")
     dims = tuple(int(d.size) for d in shape.dim)
     for axis, size in enumerate(dims):
         if size < 0:
             raise invalid_argument(f"input '{name}' has negative dimension {size} at axis {axis}")
-    itemsize = _DTYPES[proto.dtype][0].itemsize
     size = math.prod(dims) * itemsize
     if size > max_bytes:
         # Also covers a single typed value that TF semantics would broadcast to a huge shape.
@@ -105,15 +129,23 @@ def _typed_values(values: Sequence[Any], dtype: np.dtype, typed_field: str) -> n
 
 def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.ndarray:
     """Decode one request tensor; raises ``ServingError`` (INVALID_ARGUMENT) on any mismatch."""
-    if proto.dtype not in _DTYPES:
+    entry = _DTYPES.get(proto.dtype)
+    if entry is None:
         raise invalid_argument(f"input '{name}' has unsupported dtype {dtype_name(proto.dtype)}")
-    dtype, typed_field = _DTYPES[proto.dtype]
+    dtype, typed_field = entry
     dims = shape_of(proto, name, max_bytes)
     elements = math.prod(dims)
     content = proto.tensor_content
     if len(content) <= _LIST_FIELDS_MAX_BYTES:
         # One C call naming the set fields (2.3 µs against 4.0 for a 1-image request)...
-        typed_fields = [f.name for f, _ in proto.ListFields() if f.name in _TYPED_FIELD_SET]
+        fields = proto.ListFields()
+        # ...in field-number order: tensor_content last means no typed field (all numbered
+        # after it) is set, the usual request, without naming each field.
+        typed_fields = (
+            []
+            if content and fields[-1][0].number == _CONTENT_FIELD_NUMBER
+            else [f.name for f, _ in fields if f.name in _TYPED_FIELD_SET]
+        )
     else:
         # ...but ListFields copies tensor_content (a 256-image request: 800 KB, ~0.5 ms with
         # page faults) just to name it, where len() of each repeated field copies nothing.
@@ -154,13 +186,19 @@ def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     answers Predict (TF's ``Tensor::AsProtoField``)."""
     enum_value = numpy_to_dtype_enum(array.dtype)
     out.dtype = enum_value
-    dims = out.tensor_shape.dim
-    for size in array.shape:
-        dims.add(size=size)
+    shape = _SHAPE_MESSAGES.get(array.shape)
+    if shape is None:
+        if len(_SHAPE_MESSAGES) >= _VALID_SHAPES_MAX:
+            _SHAPE_MESSAGES.clear()
+        shape = _SHAPE_MESSAGES[array.shape] = shape_proto(array.shape)
+    out.tensor_shape.CopyFrom(shape)  # one copy: 0.7 µs against 1.5 adding dims one by one
     typed_field = _DTYPES[enum_value][1]
     if enum_value == types_pb2.DT_HALF:
         array = array.view(np.uint16)  # half_val carries bit patterns (see _typed_values)
     getattr(out, typed_field).extend(array.ravel().tolist())
+
+
+_SHAPE_MESSAGES: dict[tuple[int, ...], tensor_shape_pb2.TensorShapeProto] = {}
 
 
 def shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:

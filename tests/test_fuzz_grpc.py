@@ -482,3 +482,40 @@ def test_decoder_converts_typed_values_as_tensorflow_does():
         decoded = to_numpy(tensor, "x", 1024)
         assert decoded.dtype == numpy_type
         np.testing.assert_array_equal(decoded, np.asarray(expected, numpy_type))
+
+
+def test_a_shape_seen_before_keeps_every_other_check():
+    """to_numpy remembers validated shapes; the content, the typed fields and the byte limit are
+    still checked for every tensor of that shape."""
+    from serving import tensor_codec
+    from serving.errors import ServingError
+
+    def tensor(content: bytes, *floats: float) -> tensor_pb2.TensorProto:
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=content)
+        proto.tensor_shape.dim.add(size=2)
+        proto.tensor_shape.dim.add(size=2)
+        proto.float_val.extend(floats)
+        return proto
+
+    def refused(proto: tensor_pb2.TensorProto, max_bytes: int) -> str:
+        with pytest.raises(ServingError) as caught:
+            to_numpy(proto, "x", max_bytes)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        return str(caught.value)
+
+    four = np.arange(4, dtype=np.float32)
+    for _ in range(2):  # the first call validates the shape, the second finds it remembered
+        np.testing.assert_array_equal(
+            to_numpy(tensor(four.tobytes()), "x", 1024), four.reshape(2, 2)
+        )
+        assert "needs 16" in refused(tensor(four[:3].tobytes()), 1024)
+        assert "sets both tensor_content and float_val" in refused(
+            tensor(four.tobytes(), 1.0), 1024
+        )
+        assert "more than the request limit of 8" in refused(tensor(four.tobytes()), 8)
+    # Bounded: full, it starts again rather than growing with every shape clients send.
+    tensor_codec._VALID_SHAPES.update(
+        {(0, i, b""): () for i in range(tensor_codec._VALID_SHAPES_MAX)}
+    )
+    to_numpy(tensor(four.tobytes()), "x", 2048)  # a shape not seen yet under this limit
+    assert len(tensor_codec._VALID_SHAPES) == 1

@@ -35,6 +35,43 @@ def test_tensorflow_and_onnx_runtimes_agree_in_process(exported_repository, mnis
     np.testing.assert_array_equal(tf_out["classes"], onnx_out["classes"])
 
 
+def test_tensorflow_small_batches_match_large_ones(exported_repository, mnist):
+    # Up to SMALL_BATCH_ROWS rows run on TF's single-threaded executor, larger batches on the
+    # default one: the same rows must get the same answers either way.
+    images = _images(mnist, 64)
+    runtime = load_runtime("tensorflow", exported_repository / "separable" / "1", RuntimeOptions())
+    whole = runtime.predict("serving_default", {"images": images})
+    for start, rows in ((0, 1), (1, 8), (9, 3)):
+        part = runtime.predict("serving_default", {"images": images[start : start + rows]})
+        np.testing.assert_allclose(
+            part["probabilities"], whole["probabilities"][start : start + rows], atol=1e-6
+        )
+        np.testing.assert_array_equal(part["classes"], whole["classes"][start : start + rows])
+
+
+def test_tensorflow_falls_back_when_the_single_threaded_executor_refuses(tmp_path):
+    import tensorflow as tf
+
+    from serving.runtimes.tensorflow import TensorFlowRuntime
+
+    class Doubling(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def serve(self, x):
+            # tf.while_loop lowers to the control flow that executor refuses
+            _, y = tf.while_loop(lambda i, y: i < 3, lambda i, y: (i + 1, y * 2.0), [0, x])
+            return {"y": y}
+
+    module = Doubling()
+    version_dir = tmp_path / "1"
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    runtime = load_runtime("tensorflow", version_dir, RuntimeOptions())
+    assert isinstance(runtime, TensorFlowRuntime)
+    x = np.arange(3, dtype=np.float32)[None]
+    for _ in range(2):  # the refusal, then the default executor straight away
+        np.testing.assert_array_equal(runtime.predict("serving_default", {"x": x})["y"], x * 8)
+    assert runtime._needs_default_executor == {"serving_default"}
+
+
 def test_tensorflow_runtime_server_matches_onnx_server(model_repository, onnx_server, mnist):
     images = _images(mnist, 64)
     config = model_repository / "models.config"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 
@@ -32,15 +32,15 @@ from serving.model.batching import Batcher
 from serving.model.config import ModelConfig
 from serving.model.manager import ModelManager
 from serving.model.versions import ServableVersion
-from serving.runtimes import Signature
+from serving.runtimes import Runtime, Signature
 from serving.settings import BatchingSettings
 
 DEFAULT_SIGNATURE = "serving_default"
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """Which model a request is for: a name plus an optional version or label."""
+class ModelRef(NamedTuple):
+    """Which model a request is for: a name plus an optional version or label (a named tuple:
+    made once per request, and a frozen dataclass's ``__init__`` costs three times more)."""
 
     name: str
     version: int | None = None
@@ -48,8 +48,7 @@ class ModelRef:
     signature_name: str = ""
 
 
-@dataclass(frozen=True)
-class PredictResult:
+class PredictResult(NamedTuple):
     """Outputs of one request and the version that produced them."""
 
     model: str
@@ -178,13 +177,19 @@ class PredictionService:
             signature = self.signature(servable, ref.signature_name)
             rows = validate_inputs(signature, inputs)
             output_names = validate_output_filter(signature, output_filter)
-            outputs = await self._run(servable, signature, inputs, rows, timeout_s, times)
+            runtime = servable.runtime
+            assert runtime is not None
+            if rows == 0:
+                outputs = empty_outputs(signature)
+            elif self._batching is None and rows <= self._inline_max_rows:
+                # Tiny requests run on the event loop thread: a thread hop costs more than the
+                # model. Never suspends, so there is no deadline to enforce.
+                outputs = self._run_inline(runtime, signature, inputs, rows, times)
+            else:
+                outputs = await self._run(servable, signature, inputs, rows, timeout_s, times)
             if output_names:
                 outputs = {k: outputs[k] for k in output_names}
-            assert servable.runtime is not None
-            return PredictResult(
-                ref.name, servable.version, signature.name, outputs, servable.runtime.kind
-            )
+            return PredictResult(ref.name, servable.version, signature.name, outputs, runtime.kind)
         except asyncio.CancelledError:
             code = "CANCELLED"  # the client went away
             raise
@@ -195,10 +200,32 @@ class PredictionService:
             self.in_flight -= 1
             if servable is not None:
                 servable.release()
-            model_label = ref.name if self._manager.serves(ref.name) else "_unknown_"
+                model_label = ref.name  # it resolved, so it is a configured model
+            else:
+                model_label = ref.name if self._manager.serves(ref.name) else "_unknown_"
             metrics.observe_request(
                 model_label, version_label, api, code, time.perf_counter() - started
             )
+
+    @staticmethod
+    def _run_inline(
+        runtime: Runtime,
+        signature: Signature,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        times: PhaseTimes | None,
+    ) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            outputs = runtime.predict(signature.name, inputs)
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise internal(f"the {runtime.kind} runtime failed: {exc}") from exc
+        if times is not None:
+            times.infer = time.perf_counter() - start
+        check_outputs(signature, outputs, rows)
+        return outputs
 
     async def _run(
         self,
@@ -209,13 +236,11 @@ class PredictionService:
         timeout_s: float | None,
         times: PhaseTimes | None,
     ) -> dict[str, np.ndarray]:
-        if rows == 0:
-            return empty_outputs(signature)
         runtime = servable.runtime
         assert runtime is not None
 
         def timed_run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            # Timed where it runs (thread or loop): the runtime's time without the thread hop.
+            # Timed where it runs (a thread): the runtime's time without the thread hop.
             start = time.perf_counter()
             outputs = runtime.predict(signature.name, batch)
             if times is not None:
@@ -239,8 +264,6 @@ class PredictionService:
                     )
                     servable.batchers[signature.name] = batcher
                 outputs = await _bounded(batcher.submit(inputs, rows, times), timeout_s)
-            elif rows <= self._inline_max_rows:
-                outputs = timed_run(inputs)  # never suspends, so no deadline to enforce
             else:
                 loop = asyncio.get_running_loop()
                 outputs = await _bounded(
@@ -272,17 +295,8 @@ def _batch_dim(name: str, array: np.ndarray) -> int:
 def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> int:
     """Check names, dtypes and shapes against the signature; return the batch size."""
     expected = signature.inputs
-    missing = sorted(set(expected) - set(inputs))
-    extra = sorted(set(inputs) - set(expected))
-    if extra:
-        raise invalid_argument(
-            f"input tensor alias not found in signature: {', '.join(extra)}. "
-            f"Inputs expected to be in the set {{{', '.join(sorted(expected))}}}."
-        )
-    if missing:
-        raise invalid_argument(
-            f"missing input(s) {', '.join(missing)} of signature '{signature.name}'"
-        )
+    if inputs.keys() != expected.keys():
+        _refuse_names(signature, inputs)
     batch: int | None = None
     for name, spec in expected.items():
         array = inputs[name]
@@ -291,22 +305,48 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> i
                 f"Expects arg '{name}' to be {_tf_dtype(spec.dtype)} but {_tf_dtype(array.dtype)} "
                 "is provided"
             )
-        if array.ndim != len(spec.shape):
-            raise invalid_argument(
-                f"input '{name}' has rank {array.ndim} (shape {list(array.shape)}); the signature "
-                f"expects rank {len(spec.shape)} {list(spec.shape)}"
-            )
-        for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
-            if want >= 0 and got != want:
-                raise invalid_argument(
-                    f"input '{name}' has shape {list(array.shape)}; dimension {axis} must be "
-                    f"{want} (signature shape {list(spec.shape)})"
-                )
+        shape = array.shape
+        if (shape, spec.shape) not in _MATCHING_SHAPES:
+            _check_shape(name, shape, spec.shape)
+            if len(_MATCHING_SHAPES) >= 1024:
+                _MATCHING_SHAPES.clear()  # bounded whatever shapes clients send
+            _MATCHING_SHAPES.add((shape, spec.shape))
         rows = _batch_dim(name, array)
         if batch is not None and rows != batch:
             raise invalid_argument(f"inputs have different batch sizes ({batch} and {rows})")
         batch = rows
     return batch or 0
+
+
+# (request shape, signature shape) pairs already found to match: the check is a Python loop
+# per dimension, the lookup one hash of two short tuples.
+_MATCHING_SHAPES: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+
+
+def _refuse_names(signature: Signature, inputs: Mapping[str, np.ndarray]) -> NoReturn:
+    expected = signature.inputs
+    missing = sorted(set(expected) - set(inputs))
+    extra = sorted(set(inputs) - set(expected))
+    if extra:
+        raise invalid_argument(
+            f"input tensor alias not found in signature: {', '.join(extra)}. "
+            f"Inputs expected to be in the set {{{', '.join(sorted(expected))}}}."
+        )
+    raise invalid_argument(f"missing input(s) {', '.join(missing)} of signature '{signature.name}'")
+
+
+def _check_shape(name: str, shape: tuple[int, ...], want: tuple[int, ...]) -> None:
+    if len(shape) != len(want):
+        raise invalid_argument(
+            f"input '{name}' has rank {len(shape)} (shape {list(shape)}); the signature "
+            f"expects rank {len(want)} {list(want)}"
+        )
+    for axis, (got, size) in enumerate(zip(shape, want, strict=True)):
+        if size >= 0 and got != size:
+            raise invalid_argument(
+                f"input '{name}' has shape {list(shape)}; dimension {axis} must be "
+                f"{size} (signature shape {list(want)})"
+            )
 
 
 def validate_output_filter(signature: Signature, output_filter: Sequence[str]) -> list[str]:

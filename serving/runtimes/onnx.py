@@ -94,10 +94,13 @@ class OnnxRuntime(Runtime):
         output_names: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         names = list(output_names) if output_names else self._output_names
-        rows = next(iter(inputs.values())).shape[0] if inputs else 0
-        session = self._small_session if rows <= SMALL_BATCH_ROWS else self._session
-        results = session.run(names, dict(inputs), self._run_options)
-        return dict(zip(names, results, strict=True))
+        session = self._session
+        if session is not self._small_session:
+            rows = next(iter(inputs.values())).shape[0] if inputs else 0
+            if rows <= SMALL_BATCH_ROWS:
+                session = self._small_session
+        feeds = inputs if isinstance(inputs, dict) else dict(inputs)
+        return dict(zip(names, session.run(names, feeds, self._run_options), strict=True))
 
     def describe(self) -> dict[str, str]:
         return {

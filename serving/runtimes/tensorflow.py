@@ -34,6 +34,11 @@ def _configure_threads(options: RuntimeOptions) -> None:
         _threads_done = True
 
 
+# Up to this many rows the graph runs on TensorFlow's single-threaded executor: at batch 1 the
+# default executor's hand-offs between its thread pool and the caller cost more than the ops.
+SMALL_BATCH_ROWS = 8
+
+
 def _graph_tensor_names(version_dir: Path) -> dict[str, dict[str, str]]:
     """``{signature/input-or-output key: TensorInfo.name}`` from ``saved_model.pb``."""
     from tensorflow.core.protobuf import saved_model_pb2  # a proto module: no TF runtime
@@ -73,6 +78,10 @@ class TensorFlowRuntime(Runtime):
             name: self._signature(name, fn, tensor_names.get(name, {}))
             for name, fn in self._functions.items()
         }
+        self._needs_default_executor: set[str] = set()
+        # Up to this many rows, the single-threaded executor (0: never). TF's profiler records
+        # no kernels run by it, so loadtest.opprofile sets 0 to see them.
+        self.single_threaded_max_rows = SMALL_BATCH_ROWS
 
     @staticmethod
     def _signature(name: str, fn: Any, tensor_names: dict[str, str]) -> Signature:
@@ -100,9 +109,29 @@ class TensorFlowRuntime(Runtime):
         output_names: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         fn = self._functions[signature_name]
-        results = fn(**{k: self._tf.constant(v) for k, v in inputs.items()})
+        tensors = {k: self._tf.constant(v) for k, v in inputs.items()}
+        rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        if (
+            rows <= self.single_threaded_max_rows
+            and signature_name not in self._needs_default_executor
+        ):
+            results = self._call_single_threaded(signature_name, fn, tensors)
+        else:
+            results = fn(**tensors)
         names = list(output_names) if output_names else list(results)
         return {k: results[k].numpy() for k in names}
+
+    def _call_single_threaded(self, signature_name: str, fn: Any, tensors: dict[str, Any]) -> Any:
+        # The graph's kernels run one after the other on the calling thread: no hand-off to
+        # the inter-op pool and back, whose threads have gone to sleep between requests.
+        try:
+            with self._tf.experimental.function_executor_type("SINGLE_THREADED_EXECUTOR"):
+                return fn(**tensors)
+        except self._tf.errors.OpError:
+            # A graph that executor cannot run (it refuses some control flow and async
+            # kernels): the default executor from now on, for this signature.
+            self._needs_default_executor.add(signature_name)
+            return fn(**tensors)
 
     def describe(self) -> dict[str, str]:
         return {"runtime": self.kind, "tensorflow": self._tf.__version__}
