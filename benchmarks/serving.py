@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -250,6 +250,403 @@ def in_process_p50_ms(runtime: str, version_dir: Path, batch: int, duration: flo
     return p50
 
 
+class _Run:
+    """One invocation: the arguments, the figures gathered and the printed table's rows."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        config: Path,
+        wanted: set[str],
+        figures: dict[str, Any],
+    ) -> None:
+        self.args = args
+        self.config = config
+        self.wanted = wanted
+        self.figures = figures
+        self.rows: list[tuple[str, str, str]] = []
+
+    def want(self, name: str) -> bool:
+        """Whether ``--only`` selects the measurement ``name`` (all when it is empty)."""
+        return not self.wanted or name in self.wanted
+
+    def add(self, name: str, value: str, target: str) -> None:
+        """Print one row of the table (and keep it)."""
+        self.rows.append((name, value, target))
+        print(f"{name:<48} {value:<28} {target}", flush=True)
+
+
+def _startup(run: _Run) -> None:
+    """Start-up to healthy per runtime (median of 3 server starts)."""
+    config = run.config
+    figures = run.figures
+    add = run.add
+    want = run.want
+    for runtime, limit in (("onnx", 3), ("tensorflow", 10)):
+        if want(f"startup_{runtime}"):
+            times = []
+            for _ in range(3):
+                with ServerProcess(config, [f"--runtime={runtime}"]) as server:
+                    times.append(server.startup_seconds)
+            figures[f"startup_{runtime}_s"] = statistics.median(times)
+            add(
+                f"start-up to healthy, {runtime} (median of 3)",
+                f"{statistics.median(times):.2f} s",
+                f"<= {limit} s",
+            )
+
+
+def _grpc_c1_yardsticks(run: _Run) -> None:
+    """gRPC 1-image p50 at c1 of do-nothing and minimal servers (grpc.aio and thread pool):
+    what Python gRPC itself costs on this machine."""
+    args = run.args
+    figures = run.figures
+    d = run.args.duration
+    model = run.args.model
+    add = run.add
+    # The same load against a do-nothing grpc.aio server and a minimal one doing the same
+    # work: what Python gRPC itself costs on this machine, today.
+    version_dir = latest_version(args.models_dir / model)
+    for label, extra in (
+        ("do-nothing grpc.aio", ["--noop"]),
+        ("minimal grpc.aio", []),
+        ("do-nothing thread-pool", ["--noop", "--sync"]),
+        ("minimal thread-pool", ["--sync"]),
+    ):
+        with _minimal_server(version_dir / "model.onnx", extra) as target:
+            r = drive("grpc", target, model, 1, 1, d)
+        figures[f"grpc_c1_{label.replace(' ', '_').replace('.', '_')}_server"] = r
+        add(
+            f"gRPC p50, 1 image, c1: {label} server",
+            f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
+            "yardstick",
+        )
+
+
+def _grpc_vs_minimal(run: _Run) -> None:
+    """Issue #11 item 3: the served path against the minimal server on asyncio and uvloop."""
+    args = run.args
+    config = run.config
+    figures = run.figures
+    d = run.args.duration
+    model = run.args.model
+    add = run.add
+    # Issue #11 item 3: the served path (validation, metrics, versioning, phase histograms
+    # all on, on its default uvloop) against the minimal grpc.aio server doing the same
+    # work on the standard asyncio loop (the yardstick as filed) and on uvloop (the same
+    # loop as the server: what the server's own code costs). Order reversed every other
+    # round (A B C, C B A, ...) so drift hits all three; ratios per round, medians over
+    # rounds.
+    version_dir = latest_version(args.models_dir / model)
+    rounds: list[dict[str, float]] = []
+    servers: list[tuple[str, Any]] = [
+        ("minimal", lambda: _minimal_server(version_dir / "model.onnx", [])),
+        ("minimal_uvloop", lambda: _minimal_server(version_dir / "model.onnx", ["--uvloop"])),
+        ("served", lambda: _served_target(config, ["--runtime=onnx"])),
+    ]
+    for round_index in range(args.rounds):
+        row: dict[str, float] = {}
+        for label, start in servers if round_index % 2 == 0 else servers[::-1]:
+            with start() as target:
+                row[f"{label}_c1_p50_ms"] = drive("grpc", target, model, 1, 1, d)["p50_ms"]
+                row[f"{label}_c8_rps"] = drive("grpc", target, model, 1, 8, d)["rps"]
+        for yardstick in ("minimal", "minimal_uvloop"):
+            suffix = yardstick.removeprefix("minimal")
+            row[f"p50_ratio{suffix}"] = row["served_c1_p50_ms"] / row[f"{yardstick}_c1_p50_ms"]
+            row[f"rps_ratio{suffix}"] = row["served_c8_rps"] / row[f"{yardstick}_c8_rps"]
+        rounds.append(row)
+    figures["grpc_vs_minimal"] = rounds
+    for suffix, label in (("", "minimal"), ("_uvloop", "minimal uvloop")):
+        yardstick = "minimal" + suffix
+        p50_ratio = statistics.median(r[f"p50_ratio{suffix}"] for r in rounds)
+        rps_ratio = statistics.median(r[f"rps_ratio{suffix}"] for r in rounds)
+        add(
+            f"gRPC 1 image c1 p50: served / {label} ({args.rounds} rounds)",
+            f"{p50_ratio:.2f}x ("
+            + ", ".join(
+                f"{r['served_c1_p50_ms']:.2f}/{r[yardstick + '_c1_p50_ms']:.2f}" for r in rounds
+            )
+            + " ms)",
+            "<= 1.0x",
+        )
+        add(
+            f"gRPC 1 image c8 req/s: served / {label} ({args.rounds} rounds)",
+            f"{rps_ratio:.2f}x ("
+            + ", ".join(f"{r['served_c8_rps']:.0f}/{r[yardstick + '_c8_rps']:.0f}" for r in rounds)
+            + ")",
+            ">= 1.0x",
+        )
+
+
+def _single_server(run: _Run) -> None:
+    """One ONNX server: gRPC c1 and c8, REST c1, and 256-image served ÷ in-process images/s."""
+    args = run.args
+    config = run.config
+    figures = run.figures
+    d = run.args.duration
+    model = run.args.model
+    add = run.add
+    want = run.want
+    with ServerProcess(config, ["--runtime=onnx"]) as server:
+        if want("grpc_c1"):
+            r = drive("grpc", server.grpc_target, model, 1, 1, d)
+            figures["grpc_c1"] = r
+            add(
+                "gRPC p50, 1 image, concurrency 1",
+                f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
+                "<= 0.7 ms",
+            )
+        if want("grpc_c8"):
+            r = drive("grpc", server.grpc_target, model, 1, 8, d)
+            figures["grpc_c8"] = r
+            add(
+                "gRPC throughput, 1 image, concurrency 8",
+                f"{r['rps']:.0f} req/s (p50 {r['p50_ms']:.2f} ms)",
+                ">= 2000 req/s",
+            )
+        if want("rest_c1"):
+            r = drive("rest", server.rest_url, model, 1, 1, d)
+            figures["rest_c1"] = r
+            add(
+                "REST p50, 1 image, concurrency 1",
+                f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
+                "<= 1.5 ms",
+            )
+        if want("served_vs_inprocess_256"):
+            served = drive("grpc", server.grpc_target, model, 256, 2, d)
+            version_dir = latest_version(args.models_dir / model)
+            local = in_process_images_per_s("onnx", version_dir, 256, d, 0)
+            ratio = served["images_per_s"] / local
+            figures["served_vs_inprocess_256"] = {
+                "served": served,
+                "in_process_images_per_s": local,
+                "ratio": ratio,
+            }
+            add(
+                "256-image requests: served / in-process",
+                f"{ratio:.3f} ({served['images_per_s']:.0f} vs {local:.0f} img/s)",
+                ">= 0.95",
+            )
+
+
+def _rest_batches(run: _Run) -> None:
+    """Issue #11 item 4: 32 images over REST ÷ gRPC, REST at 256 × 32 users, and the server's
+    decode + encode time for a 256-image body."""
+    args = run.args
+    config = run.config
+    figures = run.figures
+    d = run.args.duration
+    model = run.args.model
+    add = run.add
+    # The same 32-image request over REST (row format, float32 values as json.dumps writes
+    # them) and gRPC, one at a time, in rounds alternating the order (the ratio per round,
+    # the median reported); then REST at the load test's heaviest cell.
+    with ServerProcess(config, ["--runtime=onnx"]) as server:
+        pairs: list[dict[str, dict[str, float]]] = []
+        for round_index in range(args.rounds):
+            pair: dict[str, dict[str, float]] = {}
+            for api in ("grpc", "rest") if round_index % 2 == 0 else ("rest", "grpc"):
+                target = server.grpc_target if api == "grpc" else server.rest_url
+                pair[api] = drive(api, target, model, 32, 1, d)
+            pairs.append(pair)
+        # Server time per 256-image request, one at a time (under 32 users the decode phase
+        # also counts the wait for a decoding thread).
+        before = _phase_sums(server.rest_url, "rest")
+        rest_256_c1 = drive("rest", server.rest_url, model, 256, 1, d)
+        after = _phase_sums(server.rest_url, "rest")
+        rest_256 = drive("rest", server.rest_url, model, 256, 32, d, processes=2)
+    phases = {
+        phase: (after[phase][0] - before[phase][0])
+        / max(1.0, after[phase][1] - before[phase][1])
+        * 1e3
+        for phase in after
+    }
+    ratios_32 = [p["rest"]["p50_ms"] / p["grpc"]["p50_ms"] for p in pairs]
+    ratio = statistics.median(ratios_32)
+    figures["rest_batches"] = {
+        "rounds_32_c1": pairs,
+        "ratios_32_c1": ratios_32,
+        "ratio_32_c1": ratio,
+        "rest_256_c32": rest_256,
+        "rest_256_c1": rest_256_c1,
+        "rest_256_c1_phase_ms": phases,
+    }
+    add(
+        f"32-image p50, c1: REST / gRPC ({args.rounds} rounds)",
+        f"{ratio:.2f}x ("
+        + ", ".join(f"{p['rest']['p50_ms']:.2f}/{p['grpc']['p50_ms']:.2f}" for p in pairs)
+        + " ms)",
+        "<= 2x",
+    )
+    add(
+        "REST 256-image requests, 32 users",
+        f"{rest_256['requests']} ok, {rest_256['errors']} errors, p50 {rest_256['p50_ms']:.0f} ms",
+        "completes requests",
+    )
+    add(
+        "REST 256 images, c1: server decode + encode",
+        f"{phases.get('decode', 0) + phases.get('encode', 0):.1f} ms "
+        f"({phases.get('decode', 0):.1f} + {phases.get('encode', 0):.1f})",
+        "<= 10 ms",
+    )
+
+
+def _served_overhead(run: _Run) -> None:
+    """Issue #11 item 5: served − in-process p50 at batch 1 per runtime, TensorFlow ÷ ONNX."""
+    args = run.args
+    config = run.config
+    figures = run.figures
+    d = run.args.duration
+    model = run.args.model
+    add = run.add
+    # Served p50 - in-process p50 at batch 1, concurrency 1, per runtime: what the server
+    # adds around the same runtime.predict call (default thread settings both). Rounds
+    # alternate the runtimes' order (A B, B A, ...); the ratio is taken per round, the
+    # median over rounds reported.
+    version_dir = latest_version(args.models_dir / model)
+    overhead_rounds: list[dict[str, dict[str, float]]] = []
+    for round_index in range(args.rounds):
+        row_overhead: dict[str, dict[str, float]] = {}
+        order = ("onnx", "tensorflow") if round_index % 2 == 0 else ("tensorflow", "onnx")
+        for runtime in order:
+            with ServerProcess(config, [f"--runtime={runtime}"]) as server:
+                served = drive("grpc", server.grpc_target, model, 1, 1, d)
+            local = in_process_p50_ms(runtime, version_dir, 1, d)
+            row_overhead[runtime] = {
+                "served_p50_ms": served["p50_ms"],
+                "in_process_p50_ms": local,
+                "overhead_ms": served["p50_ms"] - local,
+            }
+        overhead_rounds.append(row_overhead)
+    ratios = [r["tensorflow"]["overhead_ms"] / r["onnx"]["overhead_ms"] for r in overhead_rounds]
+    for runtime in ("onnx", "tensorflow"):
+        add(
+            f"{runtime}: served - in-process p50, 1 image, c1 ({args.rounds} rounds)",
+            ", ".join(
+                f"{r[runtime]['overhead_ms']:.3f} ms ({r[runtime]['served_p50_ms']:.3f} - "
+                f"{r[runtime]['in_process_p50_ms']:.3f})"
+                for r in overhead_rounds
+            ),
+            "",
+        )
+    ratio = statistics.median(ratios)
+    figures["served_overhead"] = {"rounds": overhead_rounds, "ratios": ratios, "ratio": ratio}
+    add(
+        "served overhead: tensorflow / onnx",
+        f"{ratio:.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})",
+        "<= 1.2x",
+    )
+
+
+def _tf_batching(run: _Run) -> None:
+    """Issue #11 item 5: the TensorFlow runtime at 32 callers, batching on ÷ off."""
+    args = run.args
+    config = run.config
+    figures = run.figures
+    d = run.args.duration
+    model = run.args.model
+    add = run.add
+    threads = os.cpu_count() or 1
+    batching_file = Path(tempfile.mkdtemp()) / "batching.config"
+    # A timeout long enough for the 32 closed-loop callers to resubmit, so batches fill
+    # up: at 1 ms they held ~3 requests and batching gained 1.1-1.3x here; at 20 ms they
+    # fill, and a full batch leaves at once. max_batch_size = half the callers: while one
+    # batch runs, the other fills (with all 32 in one batch, the model and the event loop
+    # take turns): 2.13x against 2.01x, 4 alternating rounds (results/cpu-2core/
+    # data-plane-2026-11-30c/tf-batching-16-vs-32.txt).
+    batching_file.write_text(
+        "max_batch_size { value: 16 } batch_timeout_micros { value: 20000 } "
+        f"num_batch_threads {{ value: {threads} }} max_enqueued_batches {{ value: 1000 }}"
+    )
+    modes = {
+        "off": [],
+        "on": ["--enable_batching", f"--batching_parameters_file={batching_file}"],
+    }
+    # Rounds alternate the order (off on, on off, ...); the ratio is taken per round, the
+    # median over rounds reported.
+    batching_rounds: list[dict[str, dict[str, float]]] = []
+    for round_index in range(args.rounds):
+        row_batching: dict[str, dict[str, float]] = {}
+        order = ("off", "on") if round_index % 2 == 0 else ("on", "off")
+        for label in order:
+            with ServerProcess(config, ["--runtime=tensorflow", *modes[label]]) as server:
+                row_batching[label] = drive(
+                    "grpc", server.grpc_target, model, 1, 32, d, processes=2
+                )
+        batching_rounds.append(row_batching)
+    batching_ratios = [r["on"]["rps"] / r["off"]["rps"] for r in batching_rounds]
+    ratio = statistics.median(batching_ratios)
+    figures["tf_batching"] = {
+        "rounds": batching_rounds,
+        "ratios": batching_ratios,
+        "ratio": ratio,
+    }
+    add(
+        f"TF runtime, concurrency 32: batching on / off ({args.rounds} rounds)",
+        f"{ratio:.2f}x ("
+        + ", ".join(f"{r['on']['rps']:.0f}/{r['off']['rps']:.0f}" for r in batching_rounds)
+        + " req/s)",
+        ">= 2x",
+    )
+
+
+def _workers(run: _Run) -> None:
+    """--workers scaling: images/s per worker count, 1- and 32-image requests."""
+    args = run.args
+    config = run.config
+    figures = run.figures
+    d = run.args.duration
+    model = run.args.model
+    add = run.add
+    # N processes with one inference thread each (N x threads = cores is how --workers is
+    # meant to be sized), at a concurrency that keeps every worker busy; a 1-image and a
+    # 32-image request mix, so both the per-request Python cost and the inference scale.
+    counts = [int(c) for c in args.worker_counts.split(",")]
+    concurrency = args.worker_concurrency or 16 * max(counts)
+    figures["workers"] = {"runtime": args.worker_runtime, "device": args.worker_device}
+    for batch in (1, 32):
+        by_count: dict[int, dict[str, float]] = {}
+        for count in counts:
+            flags = [f"--runtime={args.worker_runtime}", f"--device={args.worker_device}"]
+            flags += [f"--workers={count}", "--tensorflow_intra_op_parallelism=1"]
+            with ServerProcess(config, flags) as server:
+                by_count[count] = drive(
+                    "grpc",
+                    server.grpc_target,
+                    model,
+                    batch,
+                    concurrency,
+                    d,
+                    processes=args.client_processes,
+                )
+        base = by_count[counts[0]]["images_per_s"] / counts[0]
+        figures["workers"][f"batch_{batch}"] = {
+            str(count): {**r, "scaling": r["images_per_s"] / base / count}
+            for count, r in by_count.items()
+        }
+        for count, r in by_count.items():
+            add(
+                f"{args.worker_runtime}/{args.worker_device} --workers {count}, "
+                f"{batch}-image requests, c{concurrency}",
+                f"{r['images_per_s']:.0f} img/s = {r['images_per_s'] / base:.2f}x "
+                f"({r['images_per_s'] / base / count:.2f}xN)",
+                ">= 0.7 x N",
+            )
+
+
+# (the --only names that select it, the measurement), in the order they run
+MEASUREMENTS: list[tuple[tuple[str, ...], Callable[[_Run], None]]] = [
+    (("startup_onnx", "startup_tensorflow"), _startup),
+    (("grpc_c1_yardsticks",), _grpc_c1_yardsticks),
+    (("grpc_vs_minimal",), _grpc_vs_minimal),
+    (("grpc_c1", "grpc_c8", "rest_c1", "served_vs_inprocess_256"), _single_server),
+    (("rest_batches",), _rest_batches),
+    (("served_overhead",), _served_overhead),
+    (("tf_batching",), _tf_batching),
+    (("workers",), _workers),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected measurements and print the table (and JSON with --json)."""
     p = argparse.ArgumentParser(
@@ -279,321 +676,17 @@ def main(argv: list[str] | None = None) -> int:
     if not config.is_file():
         print(f"error: {config} not found (run python -m export)", file=sys.stderr)
         return 2
-    wanted = set(filter(None, args.only.split(",")))
-    rows: list[tuple[str, str, str]] = []
-    figures: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    }
-    d, model = args.duration, args.model
-
-    def want(name: str) -> bool:
-        return not wanted or name in wanted
-
-    def add(name: str, value: str, target: str) -> None:
-        rows.append((name, value, target))
-        print(f"{name:<48} {value:<28} {target}", flush=True)
-
-    threads = os.cpu_count() or 1
-    if want("startup_onnx") or want("startup_tensorflow"):
-        for runtime, limit in (("onnx", 3), ("tensorflow", 10)):
-            if want(f"startup_{runtime}"):
-                times = []
-                for _ in range(3):
-                    with ServerProcess(config, [f"--runtime={runtime}"]) as server:
-                        times.append(server.startup_seconds)
-                figures[f"startup_{runtime}_s"] = statistics.median(times)
-                add(
-                    f"start-up to healthy, {runtime} (median of 3)",
-                    f"{statistics.median(times):.2f} s",
-                    f"<= {limit} s",
-                )
-
-    if want("grpc_c1_yardsticks"):
-        # The same load against a do-nothing grpc.aio server and a minimal one doing the same
-        # work: what Python gRPC itself costs on this machine, today.
-        version_dir = latest_version(args.models_dir / model)
-        for label, extra in (
-            ("do-nothing grpc.aio", ["--noop"]),
-            ("minimal grpc.aio", []),
-            ("do-nothing thread-pool", ["--noop", "--sync"]),
-            ("minimal thread-pool", ["--sync"]),
-        ):
-            with _minimal_server(version_dir / "model.onnx", extra) as target:
-                r = drive("grpc", target, model, 1, 1, d)
-            figures[f"grpc_c1_{label.replace(' ', '_').replace('.', '_')}_server"] = r
-            add(
-                f"gRPC p50, 1 image, c1: {label} server",
-                f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
-                "yardstick",
-            )
-
-    if want("grpc_vs_minimal"):
-        # Issue #11 item 3: the served path (validation, metrics, versioning, phase histograms
-        # all on, on its default uvloop) against the minimal grpc.aio server doing the same
-        # work on the standard asyncio loop (the yardstick as filed) and on uvloop (the same
-        # loop as the server: what the server's own code costs). Order reversed every other
-        # round (A B C, C B A, ...) so drift hits all three; ratios per round, medians over
-        # rounds.
-        version_dir = latest_version(args.models_dir / model)
-        rounds: list[dict[str, float]] = []
-        servers: list[tuple[str, Any]] = [
-            ("minimal", lambda: _minimal_server(version_dir / "model.onnx", [])),
-            ("minimal_uvloop", lambda: _minimal_server(version_dir / "model.onnx", ["--uvloop"])),
-            ("served", lambda: _served_target(config, ["--runtime=onnx"])),
-        ]
-        for round_index in range(args.rounds):
-            row: dict[str, float] = {}
-            for label, start in servers if round_index % 2 == 0 else servers[::-1]:
-                with start() as target:
-                    row[f"{label}_c1_p50_ms"] = drive("grpc", target, model, 1, 1, d)["p50_ms"]
-                    row[f"{label}_c8_rps"] = drive("grpc", target, model, 1, 8, d)["rps"]
-            for yardstick in ("minimal", "minimal_uvloop"):
-                suffix = yardstick.removeprefix("minimal")
-                row[f"p50_ratio{suffix}"] = row["served_c1_p50_ms"] / row[f"{yardstick}_c1_p50_ms"]
-                row[f"rps_ratio{suffix}"] = row["served_c8_rps"] / row[f"{yardstick}_c8_rps"]
-            rounds.append(row)
-        figures["grpc_vs_minimal"] = rounds
-        for suffix, label in (("", "minimal"), ("_uvloop", "minimal uvloop")):
-            yardstick = "minimal" + suffix
-            p50_ratio = statistics.median(r[f"p50_ratio{suffix}"] for r in rounds)
-            rps_ratio = statistics.median(r[f"rps_ratio{suffix}"] for r in rounds)
-            add(
-                f"gRPC 1 image c1 p50: served / {label} ({args.rounds} rounds)",
-                f"{p50_ratio:.2f}x ("
-                + ", ".join(
-                    f"{r['served_c1_p50_ms']:.2f}/{r[yardstick + '_c1_p50_ms']:.2f}" for r in rounds
-                )
-                + " ms)",
-                "<= 1.0x",
-            )
-            add(
-                f"gRPC 1 image c8 req/s: served / {label} ({args.rounds} rounds)",
-                f"{rps_ratio:.2f}x ("
-                + ", ".join(
-                    f"{r['served_c8_rps']:.0f}/{r[yardstick + '_c8_rps']:.0f}" for r in rounds
-                )
-                + ")",
-                ">= 1.0x",
-            )
-
-    if any(want(n) for n in ("grpc_c1", "grpc_c8", "rest_c1", "served_vs_inprocess_256")):
-        with ServerProcess(config, ["--runtime=onnx"]) as server:
-            if want("grpc_c1"):
-                r = drive("grpc", server.grpc_target, model, 1, 1, d)
-                figures["grpc_c1"] = r
-                add(
-                    "gRPC p50, 1 image, concurrency 1",
-                    f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
-                    "<= 0.7 ms",
-                )
-            if want("grpc_c8"):
-                r = drive("grpc", server.grpc_target, model, 1, 8, d)
-                figures["grpc_c8"] = r
-                add(
-                    "gRPC throughput, 1 image, concurrency 8",
-                    f"{r['rps']:.0f} req/s (p50 {r['p50_ms']:.2f} ms)",
-                    ">= 2000 req/s",
-                )
-            if want("rest_c1"):
-                r = drive("rest", server.rest_url, model, 1, 1, d)
-                figures["rest_c1"] = r
-                add(
-                    "REST p50, 1 image, concurrency 1",
-                    f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
-                    "<= 1.5 ms",
-                )
-            if want("served_vs_inprocess_256"):
-                served = drive("grpc", server.grpc_target, model, 256, 2, d)
-                version_dir = latest_version(args.models_dir / model)
-                local = in_process_images_per_s("onnx", version_dir, 256, d, 0)
-                ratio = served["images_per_s"] / local
-                figures["served_vs_inprocess_256"] = {
-                    "served": served,
-                    "in_process_images_per_s": local,
-                    "ratio": ratio,
-                }
-                add(
-                    "256-image requests: served / in-process",
-                    f"{ratio:.3f} ({served['images_per_s']:.0f} vs {local:.0f} img/s)",
-                    ">= 0.95",
-                )
-
-    if want("rest_batches"):
-        # The same 32-image request over REST (row format, float32 values as json.dumps writes
-        # them) and gRPC, one at a time, in rounds alternating the order (the ratio per round,
-        # the median reported); then REST at the load test's heaviest cell.
-        with ServerProcess(config, ["--runtime=onnx"]) as server:
-            pairs: list[dict[str, dict[str, float]]] = []
-            for round_index in range(args.rounds):
-                pair: dict[str, dict[str, float]] = {}
-                for api in ("grpc", "rest") if round_index % 2 == 0 else ("rest", "grpc"):
-                    target = server.grpc_target if api == "grpc" else server.rest_url
-                    pair[api] = drive(api, target, model, 32, 1, d)
-                pairs.append(pair)
-            # Server time per 256-image request, one at a time (under 32 users the decode phase
-            # also counts the wait for a decoding thread).
-            before = _phase_sums(server.rest_url, "rest")
-            rest_256_c1 = drive("rest", server.rest_url, model, 256, 1, d)
-            after = _phase_sums(server.rest_url, "rest")
-            rest_256 = drive("rest", server.rest_url, model, 256, 32, d, processes=2)
-        phases = {
-            phase: (after[phase][0] - before[phase][0])
-            / max(1.0, after[phase][1] - before[phase][1])
-            * 1e3
-            for phase in after
-        }
-        ratios_32 = [p["rest"]["p50_ms"] / p["grpc"]["p50_ms"] for p in pairs]
-        ratio = statistics.median(ratios_32)
-        figures["rest_batches"] = {
-            "rounds_32_c1": pairs,
-            "ratios_32_c1": ratios_32,
-            "ratio_32_c1": ratio,
-            "rest_256_c32": rest_256,
-            "rest_256_c1": rest_256_c1,
-            "rest_256_c1_phase_ms": phases,
-        }
-        add(
-            f"32-image p50, c1: REST / gRPC ({args.rounds} rounds)",
-            f"{ratio:.2f}x ("
-            + ", ".join(f"{p['rest']['p50_ms']:.2f}/{p['grpc']['p50_ms']:.2f}" for p in pairs)
-            + " ms)",
-            "<= 2x",
-        )
-        add(
-            "REST 256-image requests, 32 users",
-            f"{rest_256['requests']} ok, {rest_256['errors']} errors, "
-            f"p50 {rest_256['p50_ms']:.0f} ms",
-            "completes requests",
-        )
-        add(
-            "REST 256 images, c1: server decode + encode",
-            f"{phases.get('decode', 0) + phases.get('encode', 0):.1f} ms "
-            f"({phases.get('decode', 0):.1f} + {phases.get('encode', 0):.1f})",
-            "<= 10 ms",
-        )
-
-    if want("served_overhead"):
-        # Served p50 - in-process p50 at batch 1, concurrency 1, per runtime: what the server
-        # adds around the same runtime.predict call (default thread settings both). Rounds
-        # alternate the runtimes' order (A B, B A, ...); the ratio is taken per round, the
-        # median over rounds reported.
-        version_dir = latest_version(args.models_dir / model)
-        overhead_rounds: list[dict[str, dict[str, float]]] = []
-        for round_index in range(args.rounds):
-            row_overhead: dict[str, dict[str, float]] = {}
-            order = ("onnx", "tensorflow") if round_index % 2 == 0 else ("tensorflow", "onnx")
-            for runtime in order:
-                with ServerProcess(config, [f"--runtime={runtime}"]) as server:
-                    served = drive("grpc", server.grpc_target, model, 1, 1, d)
-                local = in_process_p50_ms(runtime, version_dir, 1, d)
-                row_overhead[runtime] = {
-                    "served_p50_ms": served["p50_ms"],
-                    "in_process_p50_ms": local,
-                    "overhead_ms": served["p50_ms"] - local,
-                }
-            overhead_rounds.append(row_overhead)
-        ratios = [
-            r["tensorflow"]["overhead_ms"] / r["onnx"]["overhead_ms"] for r in overhead_rounds
-        ]
-        for runtime in ("onnx", "tensorflow"):
-            add(
-                f"{runtime}: served - in-process p50, 1 image, c1 ({args.rounds} rounds)",
-                ", ".join(
-                    f"{r[runtime]['overhead_ms']:.3f} ms ({r[runtime]['served_p50_ms']:.3f} - "
-                    f"{r[runtime]['in_process_p50_ms']:.3f})"
-                    for r in overhead_rounds
-                ),
-                "",
-            )
-        ratio = statistics.median(ratios)
-        figures["served_overhead"] = {"rounds": overhead_rounds, "ratios": ratios, "ratio": ratio}
-        add(
-            "served overhead: tensorflow / onnx",
-            f"{ratio:.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})",
-            "<= 1.2x",
-        )
-
-    if want("tf_batching"):
-        batching_file = Path(tempfile.mkdtemp()) / "batching.config"
-        # A timeout long enough for the 32 closed-loop callers to resubmit, so batches fill
-        # up: at 1 ms they held ~3 requests and batching gained 1.1-1.3x here; at 20 ms they
-        # fill, and a full batch leaves at once. max_batch_size = half the callers: while one
-        # batch runs, the other fills (with all 32 in one batch, the model and the event loop
-        # take turns): 2.13x against 2.01x, 4 alternating rounds (results/cpu-2core/
-        # data-plane-2026-11-30c/tf-batching-16-vs-32.txt).
-        batching_file.write_text(
-            "max_batch_size { value: 16 } batch_timeout_micros { value: 20000 } "
-            f"num_batch_threads {{ value: {threads} }} max_enqueued_batches {{ value: 1000 }}"
-        )
-        modes = {
-            "off": [],
-            "on": ["--enable_batching", f"--batching_parameters_file={batching_file}"],
-        }
-        # Rounds alternate the order (off on, on off, ...); the ratio is taken per round, the
-        # median over rounds reported.
-        batching_rounds: list[dict[str, dict[str, float]]] = []
-        for round_index in range(args.rounds):
-            row_batching: dict[str, dict[str, float]] = {}
-            order = ("off", "on") if round_index % 2 == 0 else ("on", "off")
-            for label in order:
-                with ServerProcess(config, ["--runtime=tensorflow", *modes[label]]) as server:
-                    row_batching[label] = drive(
-                        "grpc", server.grpc_target, model, 1, 32, d, processes=2
-                    )
-            batching_rounds.append(row_batching)
-        batching_ratios = [r["on"]["rps"] / r["off"]["rps"] for r in batching_rounds]
-        ratio = statistics.median(batching_ratios)
-        figures["tf_batching"] = {
-            "rounds": batching_rounds,
-            "ratios": batching_ratios,
-            "ratio": ratio,
-        }
-        add(
-            f"TF runtime, concurrency 32: batching on / off ({args.rounds} rounds)",
-            f"{ratio:.2f}x ("
-            + ", ".join(f"{r['on']['rps']:.0f}/{r['off']['rps']:.0f}" for r in batching_rounds)
-            + " req/s)",
-            ">= 2x",
-        )
-
-    if want("workers"):
-        # N processes with one inference thread each (N x threads = cores is how --workers is
-        # meant to be sized), at a concurrency that keeps every worker busy; a 1-image and a
-        # 32-image request mix, so both the per-request Python cost and the inference scale.
-        counts = [int(c) for c in args.worker_counts.split(",")]
-        concurrency = args.worker_concurrency or 16 * max(counts)
-        figures["workers"] = {"runtime": args.worker_runtime, "device": args.worker_device}
-        for batch in (1, 32):
-            by_count: dict[int, dict[str, float]] = {}
-            for count in counts:
-                flags = [f"--runtime={args.worker_runtime}", f"--device={args.worker_device}"]
-                flags += [f"--workers={count}", "--tensorflow_intra_op_parallelism=1"]
-                with ServerProcess(config, flags) as server:
-                    by_count[count] = drive(
-                        "grpc",
-                        server.grpc_target,
-                        model,
-                        batch,
-                        concurrency,
-                        d,
-                        processes=args.client_processes,
-                    )
-            base = by_count[counts[0]]["images_per_s"] / counts[0]
-            figures["workers"][f"batch_{batch}"] = {
-                str(count): {**r, "scaling": r["images_per_s"] / base / count}
-                for count, r in by_count.items()
-            }
-            for count, r in by_count.items():
-                add(
-                    f"{args.worker_runtime}/{args.worker_device} --workers {count}, "
-                    f"{batch}-image requests, c{concurrency}",
-                    f"{r['images_per_s']:.0f} img/s = {r['images_per_s'] / base:.2f}x "
-                    f"({r['images_per_s'] / base / count:.2f}xN)",
-                    ">= 0.7 x N",
-                )
-
+    run = _Run(
+        args,
+        config,
+        set(filter(None, args.only.split(","))),
+        {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}},
+    )
+    for wanted_by, measure in MEASUREMENTS:
+        if any(run.want(name) for name in wanted_by):
+            measure(run)
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        args.json.write_text(json.dumps(run.figures, indent=2))
     return 0
 
 
