@@ -72,6 +72,30 @@ def test_tensorflow_falls_back_when_the_single_threaded_executor_refuses(tmp_pat
     assert runtime._needs_default_executor == {"serving_default"}
 
 
+def test_tensorflow_keeps_the_single_threaded_executor_after_a_model_error(tmp_path):
+    import tensorflow as tf
+
+    from serving.runtimes.tensorflow import TensorFlowRuntime
+
+    class Checked(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def serve(self, x):
+            with tf.control_dependencies([tf.debugging.assert_non_negative(x)]):
+                return {"y": tf.identity(x)}
+
+    module = Checked()
+    version_dir = tmp_path / "1"
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    runtime = load_runtime("tensorflow", version_dir, RuntimeOptions())
+    assert isinstance(runtime, TensorFlowRuntime)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        runtime.predict("serving_default", {"x": -np.ones((1, 3), np.float32)})
+    # The error was the inputs' (the default executor raised it too): nothing changed.
+    assert runtime._needs_default_executor == set()
+    ones = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(runtime.predict("serving_default", {"x": ones})["y"], ones)
+
+
 def test_tensorflow_runtime_server_matches_onnx_server(model_repository, onnx_server, mnist):
     images = _images(mnist, 64)
     config = model_repository / "models.config"

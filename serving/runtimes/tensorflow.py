@@ -128,10 +128,12 @@ class TensorFlowRuntime(Runtime):
             with self._tf.experimental.function_executor_type("SINGLE_THREADED_EXECUTOR"):
                 return fn(**tensors)
         except self._tf.errors.OpError:
-            # A graph that executor cannot run (it refuses some control flow and async
-            # kernels): the default executor from now on, for this signature.
+            # The default executor again: if it runs what that one refused (it refuses some
+            # control flow and async kernels), it is this signature's from now on; an error of
+            # the inputs or the model fails there too, and changes nothing.
+            results = fn(**tensors)
             self._needs_default_executor.add(signature_name)
-            return fn(**tensors)
+            return results
 
     def describe(self) -> dict[str, str]:
         return {"runtime": self.kind, "tensorflow": self._tf.__version__}
