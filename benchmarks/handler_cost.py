@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import uvloop
 
+from benchmarks.minimal_server import predictor_for
 from benchmarks.serving import latest_version
 from contract.protos import predict_pb2
 from serving.model.config import ModelConfig
@@ -71,25 +72,11 @@ def _request(model: str) -> bytes:
 
 def _minimal_handler(session: Any) -> Callable[[bytes], Awaitable[bytes]]:
     """benchmarks.minimal_server's Predict, bytes in and out."""
+    predict = predictor_for(session)
 
     async def handle(data: bytes) -> bytes:
         request = predict_pb2.PredictRequest.FromString(data)
-        response = predict_pb2.PredictResponse()
-        tensor = request.inputs["images"]
-        images = np.frombuffer(tensor.tensor_content, np.float32).reshape(
-            [d.size for d in tensor.tensor_shape.dim]
-        )
-        probabilities, classes = session.run(OUTPUTS, {"images": images})
-        for name, array, field in (
-            ("probabilities", probabilities, "float_val"),
-            ("classes", classes, "int64_val"),
-        ):
-            out = response.outputs[name]
-            out.dtype = 1 if field == "float_val" else 9
-            for size in array.shape:
-                out.tensor_shape.dim.add(size=size)
-            getattr(out, field).extend(array.ravel().tolist())
-        return response.SerializeToString()
+        return bytes(predict(request, None).SerializeToString())
 
     return handle
 

@@ -28,11 +28,17 @@ def _predictor(model_path: str, noop: bool) -> Callable[..., predict_pb2.Predict
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    if noop:
+        return lambda request, context: predict_pb2.PredictResponse()
+    return predictor_for(session)
+
+
+def predictor_for(session: Any) -> Callable[..., predict_pb2.PredictResponse]:
+    """The minimal Predict around ``session`` (anything with ONNX Runtime's ``run``):
+    ``predict(request, context) -> response`` (benchmarks.handler_cost stubs the session)."""
 
     def predict(request: predict_pb2.PredictRequest, context: Any) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
-        if noop:
-            return response
         tensor = request.inputs["images"]
         images = np.frombuffer(tensor.tensor_content, np.float32).reshape(
             [d.size for d in tensor.tensor_shape.dim]

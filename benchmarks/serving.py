@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -276,20 +276,27 @@ class _Run:
         print(f"{name:<48} {value:<28} {target}", flush=True)
 
 
+def _add_rounds(
+    run: _Run, label: str, ratio: float, per_round: Iterable[str], unit: str, target: str
+) -> None:
+    """A table row for a ratio measured in rounds: the median and each round's figures."""
+    run.add(
+        f"{label} ({run.args.rounds} rounds)",
+        f"{ratio:.2f}x ({', '.join(per_round)}{unit})",
+        target,
+    )
+
+
 def _startup(run: _Run) -> None:
     """Start-up to healthy per runtime (median of 3 server starts)."""
-    config = run.config
-    figures = run.figures
-    add = run.add
-    want = run.want
     for runtime, limit in (("onnx", 3), ("tensorflow", 10)):
-        if want(f"startup_{runtime}"):
+        if run.want(f"startup_{runtime}"):
             times = []
             for _ in range(3):
-                with ServerProcess(config, [f"--runtime={runtime}"]) as server:
+                with ServerProcess(run.config, [f"--runtime={runtime}"]) as server:
                     times.append(server.startup_seconds)
-            figures[f"startup_{runtime}_s"] = statistics.median(times)
-            add(
+            run.figures[f"startup_{runtime}_s"] = statistics.median(times)
+            run.add(
                 f"start-up to healthy, {runtime} (median of 3)",
                 f"{statistics.median(times):.2f} s",
                 f"<= {limit} s",
@@ -299,11 +306,7 @@ def _startup(run: _Run) -> None:
 def _grpc_c1_yardsticks(run: _Run) -> None:
     """gRPC 1-image p50 at c1 of do-nothing and minimal servers (grpc.aio and thread pool):
     what Python gRPC itself costs on this machine."""
-    args = run.args
-    figures = run.figures
-    d = run.args.duration
-    model = run.args.model
-    add = run.add
+    args, d, model = run.args, run.args.duration, run.args.model
     # The same load against a do-nothing grpc.aio server and a minimal one doing the same
     # work: what Python gRPC itself costs on this machine, today.
     version_dir = latest_version(args.models_dir / model)
@@ -315,8 +318,8 @@ def _grpc_c1_yardsticks(run: _Run) -> None:
     ):
         with _minimal_server(version_dir / "model.onnx", extra) as target:
             r = drive("grpc", target, model, 1, 1, d)
-        figures[f"grpc_c1_{label.replace(' ', '_').replace('.', '_')}_server"] = r
-        add(
+        run.figures[f"grpc_c1_{label.replace(' ', '_').replace('.', '_')}_server"] = r
+        run.add(
             f"gRPC p50, 1 image, c1: {label} server",
             f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
             "yardstick",
@@ -325,12 +328,7 @@ def _grpc_c1_yardsticks(run: _Run) -> None:
 
 def _grpc_vs_minimal(run: _Run) -> None:
     """Issue #11 item 3: the served path against the minimal server on asyncio and uvloop."""
-    args = run.args
-    config = run.config
-    figures = run.figures
-    d = run.args.duration
-    model = run.args.model
-    add = run.add
+    args, d, model = run.args, run.args.duration, run.args.model
     # Issue #11 item 3: the served path (validation, metrics, versioning, phase histograms
     # all on, on its default uvloop) against the minimal grpc.aio server doing the same
     # work on the standard asyncio loop (the yardstick as filed) and on uvloop (the same
@@ -342,7 +340,7 @@ def _grpc_vs_minimal(run: _Run) -> None:
     servers: list[tuple[str, Any]] = [
         ("minimal", lambda: _minimal_server(version_dir / "model.onnx", [])),
         ("minimal_uvloop", lambda: _minimal_server(version_dir / "model.onnx", ["--uvloop"])),
-        ("served", lambda: _served_target(config, ["--runtime=onnx"])),
+        ("served", lambda: _served_target(run.config, ["--runtime=onnx"])),
     ]
     for round_index in range(args.rounds):
         row: dict[str, float] = {}
@@ -355,74 +353,60 @@ def _grpc_vs_minimal(run: _Run) -> None:
             row[f"p50_ratio{suffix}"] = row["served_c1_p50_ms"] / row[f"{yardstick}_c1_p50_ms"]
             row[f"rps_ratio{suffix}"] = row["served_c8_rps"] / row[f"{yardstick}_c8_rps"]
         rounds.append(row)
-    figures["grpc_vs_minimal"] = rounds
+    run.figures["grpc_vs_minimal"] = rounds
     for suffix, label in (("", "minimal"), ("_uvloop", "minimal uvloop")):
         yardstick = "minimal" + suffix
         p50_ratio = statistics.median(r[f"p50_ratio{suffix}"] for r in rounds)
         rps_ratio = statistics.median(r[f"rps_ratio{suffix}"] for r in rounds)
-        add(
-            f"gRPC 1 image c1 p50: served / {label} ({args.rounds} rounds)",
-            f"{p50_ratio:.2f}x ("
-            + ", ".join(
-                f"{r['served_c1_p50_ms']:.2f}/{r[yardstick + '_c1_p50_ms']:.2f}" for r in rounds
-            )
-            + " ms)",
+        _add_rounds(
+            run,
+            f"gRPC 1 image c1 p50: served / {label}",
+            p50_ratio,
+            (f"{r['served_c1_p50_ms']:.2f}/{r[yardstick + '_c1_p50_ms']:.2f}" for r in rounds),
+            " ms",
             "<= 1.0x",
         )
-        add(
-            f"gRPC 1 image c8 req/s: served / {label} ({args.rounds} rounds)",
-            f"{rps_ratio:.2f}x ("
-            + ", ".join(f"{r['served_c8_rps']:.0f}/{r[yardstick + '_c8_rps']:.0f}" for r in rounds)
-            + ")",
+        _add_rounds(
+            run,
+            f"gRPC 1 image c8 req/s: served / {label}",
+            rps_ratio,
+            (f"{r['served_c8_rps']:.0f}/{r[yardstick + '_c8_rps']:.0f}" for r in rounds),
+            "",
             ">= 1.0x",
         )
 
 
 def _single_server(run: _Run) -> None:
     """One ONNX server: gRPC c1 and c8, REST c1, and 256-image served ÷ in-process images/s."""
-    args = run.args
-    config = run.config
-    figures = run.figures
-    d = run.args.duration
-    model = run.args.model
-    add = run.add
-    want = run.want
-    with ServerProcess(config, ["--runtime=onnx"]) as server:
-        if want("grpc_c1"):
-            r = drive("grpc", server.grpc_target, model, 1, 1, d)
-            figures["grpc_c1"] = r
-            add(
-                "gRPC p50, 1 image, concurrency 1",
-                f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
-                "<= 0.7 ms",
+    args, d, model = run.args, run.args.duration, run.args.model
+    with ServerProcess(run.config, ["--runtime=onnx"]) as server:
+        for name, api, concurrency, label, target in (
+            ("grpc_c1", "grpc", 1, "gRPC p50, 1 image, concurrency 1", "<= 0.7 ms"),
+            ("grpc_c8", "grpc", 8, "gRPC throughput, 1 image, concurrency 8", ">= 2000 req/s"),
+            ("rest_c1", "rest", 1, "REST p50, 1 image, concurrency 1", "<= 1.5 ms"),
+        ):
+            if not run.want(name):
+                continue
+            endpoint = server.grpc_target if api == "grpc" else server.rest_url
+            r = drive(api, endpoint, model, 1, concurrency, d)
+            run.figures[name] = r
+            value = (
+                f"{r['rps']:.0f} req/s (p50 {r['p50_ms']:.2f} ms)"
+                if concurrency > 1
+                else f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})"
             )
-        if want("grpc_c8"):
-            r = drive("grpc", server.grpc_target, model, 1, 8, d)
-            figures["grpc_c8"] = r
-            add(
-                "gRPC throughput, 1 image, concurrency 8",
-                f"{r['rps']:.0f} req/s (p50 {r['p50_ms']:.2f} ms)",
-                ">= 2000 req/s",
-            )
-        if want("rest_c1"):
-            r = drive("rest", server.rest_url, model, 1, 1, d)
-            figures["rest_c1"] = r
-            add(
-                "REST p50, 1 image, concurrency 1",
-                f"{r['p50_ms']:.3f} ms (p99 {r['p99_ms']:.2f})",
-                "<= 1.5 ms",
-            )
-        if want("served_vs_inprocess_256"):
+            run.add(label, value, target)
+        if run.want("served_vs_inprocess_256"):
             served = drive("grpc", server.grpc_target, model, 256, 2, d)
             version_dir = latest_version(args.models_dir / model)
             local = in_process_images_per_s("onnx", version_dir, 256, d, 0)
             ratio = served["images_per_s"] / local
-            figures["served_vs_inprocess_256"] = {
+            run.figures["served_vs_inprocess_256"] = {
                 "served": served,
                 "in_process_images_per_s": local,
                 "ratio": ratio,
             }
-            add(
+            run.add(
                 "256-image requests: served / in-process",
                 f"{ratio:.3f} ({served['images_per_s']:.0f} vs {local:.0f} img/s)",
                 ">= 0.95",
@@ -432,16 +416,11 @@ def _single_server(run: _Run) -> None:
 def _rest_batches(run: _Run) -> None:
     """Issue #11 item 4: 32 images over REST ÷ gRPC, REST at 256 × 32 users, and the server's
     decode + encode time for a 256-image body."""
-    args = run.args
-    config = run.config
-    figures = run.figures
-    d = run.args.duration
-    model = run.args.model
-    add = run.add
+    args, d, model = run.args, run.args.duration, run.args.model
     # The same 32-image request over REST (row format, float32 values as json.dumps writes
     # them) and gRPC, one at a time, in rounds alternating the order (the ratio per round,
     # the median reported); then REST at the load test's heaviest cell.
-    with ServerProcess(config, ["--runtime=onnx"]) as server:
+    with ServerProcess(run.config, ["--runtime=onnx"]) as server:
         pairs: list[dict[str, dict[str, float]]] = []
         for round_index in range(args.rounds):
             pair: dict[str, dict[str, float]] = {}
@@ -463,7 +442,7 @@ def _rest_batches(run: _Run) -> None:
     }
     ratios_32 = [p["rest"]["p50_ms"] / p["grpc"]["p50_ms"] for p in pairs]
     ratio = statistics.median(ratios_32)
-    figures["rest_batches"] = {
+    run.figures["rest_batches"] = {
         "rounds_32_c1": pairs,
         "ratios_32_c1": ratios_32,
         "ratio_32_c1": ratio,
@@ -471,19 +450,20 @@ def _rest_batches(run: _Run) -> None:
         "rest_256_c1": rest_256_c1,
         "rest_256_c1_phase_ms": phases,
     }
-    add(
-        f"32-image p50, c1: REST / gRPC ({args.rounds} rounds)",
-        f"{ratio:.2f}x ("
-        + ", ".join(f"{p['rest']['p50_ms']:.2f}/{p['grpc']['p50_ms']:.2f}" for p in pairs)
-        + " ms)",
+    _add_rounds(
+        run,
+        "32-image p50, c1: REST / gRPC",
+        ratio,
+        (f"{p['rest']['p50_ms']:.2f}/{p['grpc']['p50_ms']:.2f}" for p in pairs),
+        " ms",
         "<= 2x",
     )
-    add(
+    run.add(
         "REST 256-image requests, 32 users",
         f"{rest_256['requests']} ok, {rest_256['errors']} errors, p50 {rest_256['p50_ms']:.0f} ms",
         "completes requests",
     )
-    add(
+    run.add(
         "REST 256 images, c1: server decode + encode",
         f"{phases.get('decode', 0) + phases.get('encode', 0):.1f} ms "
         f"({phases.get('decode', 0):.1f} + {phases.get('encode', 0):.1f})",
@@ -493,12 +473,7 @@ def _rest_batches(run: _Run) -> None:
 
 def _served_overhead(run: _Run) -> None:
     """Issue #11 item 5: served − in-process p50 at batch 1 per runtime, TensorFlow ÷ ONNX."""
-    args = run.args
-    config = run.config
-    figures = run.figures
-    d = run.args.duration
-    model = run.args.model
-    add = run.add
+    args, d, model = run.args, run.args.duration, run.args.model
     # Served p50 - in-process p50 at batch 1, concurrency 1, per runtime: what the server
     # adds around the same runtime.predict call (default thread settings both). Rounds
     # alternate the runtimes' order (A B, B A, ...); the ratio is taken per round, the
@@ -509,7 +484,7 @@ def _served_overhead(run: _Run) -> None:
         row_overhead: dict[str, dict[str, float]] = {}
         order = ("onnx", "tensorflow") if round_index % 2 == 0 else ("tensorflow", "onnx")
         for runtime in order:
-            with ServerProcess(config, [f"--runtime={runtime}"]) as server:
+            with ServerProcess(run.config, [f"--runtime={runtime}"]) as server:
                 served = drive("grpc", server.grpc_target, model, 1, 1, d)
             local = in_process_p50_ms(runtime, version_dir, 1, d)
             row_overhead[runtime] = {
@@ -520,7 +495,7 @@ def _served_overhead(run: _Run) -> None:
         overhead_rounds.append(row_overhead)
     ratios = [r["tensorflow"]["overhead_ms"] / r["onnx"]["overhead_ms"] for r in overhead_rounds]
     for runtime in ("onnx", "tensorflow"):
-        add(
+        run.add(
             f"{runtime}: served - in-process p50, 1 image, c1 ({args.rounds} rounds)",
             ", ".join(
                 f"{r[runtime]['overhead_ms']:.3f} ms ({r[runtime]['served_p50_ms']:.3f} - "
@@ -530,8 +505,8 @@ def _served_overhead(run: _Run) -> None:
             "",
         )
     ratio = statistics.median(ratios)
-    figures["served_overhead"] = {"rounds": overhead_rounds, "ratios": ratios, "ratio": ratio}
-    add(
+    run.figures["served_overhead"] = {"rounds": overhead_rounds, "ratios": ratios, "ratio": ratio}
+    run.add(
         "served overhead: tensorflow / onnx",
         f"{ratio:.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})",
         "<= 1.2x",
@@ -540,12 +515,7 @@ def _served_overhead(run: _Run) -> None:
 
 def _tf_batching(run: _Run) -> None:
     """Issue #11 item 5: the TensorFlow runtime at 32 callers, batching on ÷ off."""
-    args = run.args
-    config = run.config
-    figures = run.figures
-    d = run.args.duration
-    model = run.args.model
-    add = run.add
+    args, d, model = run.args, run.args.duration, run.args.model
     threads = os.cpu_count() or 1
     batching_file = Path(tempfile.mkdtemp()) / "batching.config"
     # A timeout long enough for the 32 closed-loop callers to resubmit, so batches fill
@@ -569,47 +539,43 @@ def _tf_batching(run: _Run) -> None:
         row_batching: dict[str, dict[str, float]] = {}
         order = ("off", "on") if round_index % 2 == 0 else ("on", "off")
         for label in order:
-            with ServerProcess(config, ["--runtime=tensorflow", *modes[label]]) as server:
+            with ServerProcess(run.config, ["--runtime=tensorflow", *modes[label]]) as server:
                 row_batching[label] = drive(
                     "grpc", server.grpc_target, model, 1, 32, d, processes=2
                 )
         batching_rounds.append(row_batching)
     batching_ratios = [r["on"]["rps"] / r["off"]["rps"] for r in batching_rounds]
     ratio = statistics.median(batching_ratios)
-    figures["tf_batching"] = {
+    run.figures["tf_batching"] = {
         "rounds": batching_rounds,
         "ratios": batching_ratios,
         "ratio": ratio,
     }
-    add(
-        f"TF runtime, concurrency 32: batching on / off ({args.rounds} rounds)",
-        f"{ratio:.2f}x ("
-        + ", ".join(f"{r['on']['rps']:.0f}/{r['off']['rps']:.0f}" for r in batching_rounds)
-        + " req/s)",
+    _add_rounds(
+        run,
+        "TF runtime, concurrency 32: batching on / off",
+        ratio,
+        (f"{r['on']['rps']:.0f}/{r['off']['rps']:.0f}" for r in batching_rounds),
+        " req/s",
         ">= 2x",
     )
 
 
 def _workers(run: _Run) -> None:
     """--workers scaling: images/s per worker count, 1- and 32-image requests."""
-    args = run.args
-    config = run.config
-    figures = run.figures
-    d = run.args.duration
-    model = run.args.model
-    add = run.add
+    args, d, model = run.args, run.args.duration, run.args.model
     # N processes with one inference thread each (N x threads = cores is how --workers is
     # meant to be sized), at a concurrency that keeps every worker busy; a 1-image and a
     # 32-image request mix, so both the per-request Python cost and the inference scale.
     counts = [int(c) for c in args.worker_counts.split(",")]
     concurrency = args.worker_concurrency or 16 * max(counts)
-    figures["workers"] = {"runtime": args.worker_runtime, "device": args.worker_device}
+    run.figures["workers"] = {"runtime": args.worker_runtime, "device": args.worker_device}
     for batch in (1, 32):
         by_count: dict[int, dict[str, float]] = {}
         for count in counts:
             flags = [f"--runtime={args.worker_runtime}", f"--device={args.worker_device}"]
             flags += [f"--workers={count}", "--tensorflow_intra_op_parallelism=1"]
-            with ServerProcess(config, flags) as server:
+            with ServerProcess(run.config, flags) as server:
                 by_count[count] = drive(
                     "grpc",
                     server.grpc_target,
@@ -620,12 +586,12 @@ def _workers(run: _Run) -> None:
                     processes=args.client_processes,
                 )
         base = by_count[counts[0]]["images_per_s"] / counts[0]
-        figures["workers"][f"batch_{batch}"] = {
+        run.figures["workers"][f"batch_{batch}"] = {
             str(count): {**r, "scaling": r["images_per_s"] / base / count}
             for count, r in by_count.items()
         }
         for count, r in by_count.items():
-            add(
+            run.add(
                 f"{args.worker_runtime}/{args.worker_device} --workers {count}, "
                 f"{batch}-image requests, c{concurrency}",
                 f"{r['images_per_s']:.0f} img/s = {r['images_per_s'] / base:.2f}x "
