@@ -184,7 +184,7 @@ class PredictionService:
             elif self._batching is None and rows <= self._inline_max_rows:
                 # Tiny requests run on the event loop thread: a thread hop costs more than the
                 # model. Never suspends, so there is no deadline to enforce.
-                outputs = self._run_inline(runtime, signature, inputs, rows, times)
+                outputs = self._timed_predict(runtime, signature, inputs, rows, times)
             else:
                 outputs = await self._run(servable, signature, inputs, rows, timeout_s, times)
             if output_names:
@@ -208,13 +208,15 @@ class PredictionService:
             )
 
     @staticmethod
-    def _run_inline(
+    def _timed_predict(
         runtime: Runtime,
         signature: Signature,
         inputs: Mapping[str, np.ndarray],
         rows: int,
         times: PhaseTimes | None,
     ) -> dict[str, np.ndarray]:
+        # Timed where it runs (the loop or an inference thread): the runtime's own time,
+        # without the thread hop.
         start = time.perf_counter()
         try:
             outputs = runtime.predict(signature.name, inputs)
@@ -238,37 +240,30 @@ class PredictionService:
     ) -> dict[str, np.ndarray]:
         runtime = servable.runtime
         assert runtime is not None
-
-        def timed_run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            # Timed where it runs (a thread): the runtime's time without the thread hop.
-            start = time.perf_counter()
-            outputs = runtime.predict(signature.name, batch)
-            if times is not None:
-                times.infer = time.perf_counter() - start
-            return outputs
-
         try:
-            if self._batching is not None:
-                batcher = servable.batchers.get(signature.name)
-                if batcher is None:
-
-                    def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-                        return runtime.predict(signature.name, batch)
-
-                    batcher = Batcher(
-                        run,
-                        self._batching,
-                        self._batch_executor,
-                        model=servable.model,
-                        version=servable.version,
-                    )
-                    servable.batchers[signature.name] = batcher
-                outputs = await _bounded(batcher.submit(inputs, rows, times), timeout_s)
-            else:
+            if self._batching is None:
                 loop = asyncio.get_running_loop()
-                outputs = await _bounded(
-                    loop.run_in_executor(self._executor, timed_run, inputs), timeout_s
+                return await _bounded(
+                    loop.run_in_executor(
+                        self._executor, self._timed_predict, runtime, signature, inputs, rows, times
+                    ),
+                    timeout_s,
                 )
+            batcher = servable.batchers.get(signature.name)
+            if batcher is None:
+
+                def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                    return runtime.predict(signature.name, batch)
+
+                batcher = Batcher(
+                    run,
+                    self._batching,
+                    self._batch_executor,
+                    model=servable.model,
+                    version=servable.version,
+                )
+                servable.batchers[signature.name] = batcher
+            outputs = await _bounded(batcher.submit(inputs, rows, times), timeout_s)
         except (ServingError, TimeoutError):
             raise  # TimeoutError is the request deadline (errors.status_of), not a fault
         except Exception as exc:
