@@ -27,6 +27,7 @@ import uvloop
 from benchmarks.minimal_server import predictor_for
 from benchmarks.serving import latest_version
 from contract.protos import predict_pb2
+from serving.client import predict_request
 from serving.model.config import ModelConfig
 from serving.model.manager import ModelManager
 from serving.model.service import PredictionService
@@ -55,19 +56,6 @@ class _FixedSession:
 
     def run(self, names: Sequence[str], feeds: Any, *options: Any) -> list[np.ndarray]:
         return [self._outputs[name] for name in names]
-
-
-def _request(model: str) -> bytes:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = "serving_default"
-    image = np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)
-    tensor = request.inputs["images"]
-    tensor.dtype = 1  # DT_FLOAT
-    for size in image.shape:
-        tensor.tensor_shape.dim.add(size=size)
-    tensor.tensor_content = image.tobytes()
-    return request.SerializeToString()
 
 
 def _minimal_handler(session: Any) -> Callable[[bytes], Awaitable[bytes]]:
@@ -110,7 +98,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
         return bytes(response.SerializeToString())
 
     handlers = {"ours": ours_bytes, "minimal": _minimal_handler(session)}
-    data = _request(args.model)
+    image = np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)
+    data = predict_request(args.model, image).SerializeToString()
     timings: dict[str, list[float]] = {name: [] for name in handlers}
     for round_index in range(args.rounds):
         order = list(handlers) if round_index % 2 == 0 else list(reversed(handlers))
