@@ -7,6 +7,7 @@ server allocate memory for them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -70,27 +71,18 @@ def numpy_to_dtype_enum(dtype: np.dtype) -> int:
 
 def shape_of(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> tuple[int, ...]:
     """Validated shape of ``proto``; its decoded size may not exceed ``max_bytes``."""
-    shape = proto.tensor_shape
     # Reading dims one by one makes a Python object per dim (2.4 µs for a 4-d shape); the
     # shape's bytes (0.3 µs) name the same shape, so a shape seen before skips it.
-    key = (proto.dtype, max_bytes, shape.SerializeToString())
-    dims = _VALID_SHAPES.get(key)
-    if dims is None:
-        dims = _checked_shape(shape, _DTYPES[proto.dtype][0].itemsize, name, max_bytes)
-        if len(_VALID_SHAPES) >= _VALID_SHAPES_MAX:
-            _VALID_SHAPES.clear()  # clients sending ever new shapes: bounded, never stale
-        _VALID_SHAPES[key] = dims
-    return dims
+    return _checked_shape(proto.tensor_shape.SerializeToString(), proto.dtype, name, max_bytes)
 
 
-# (dtype, max_bytes, serialized TensorShapeProto) → the shape it validated to
-_VALID_SHAPES: dict[tuple[int, int, bytes], tuple[int, ...]] = {}
-_VALID_SHAPES_MAX = 1024
-
-
+# Bounded whatever shapes clients send; a refused shape raises, and is not remembered.
+@functools.lru_cache(maxsize=1024)
 def _checked_shape(
-    shape: tensor_shape_pb2.TensorShapeProto, itemsize: int, name: str, max_bytes: int
+    shape_bytes: bytes, dtype_enum: int, name: str, max_bytes: int
 ) -> tuple[int, ...]:
+    shape = tensor_shape_pb2.TensorShapeProto.FromString(shape_bytes)
+    itemsize = _DTYPES[dtype_enum][0].itemsize
     if shape.unknown_rank:
         raise invalid_argument(f"input '{name}' has unknown rank; a full shape is required")
     dims = tuple(int(d.size) for d in shape.dim)
@@ -186,19 +178,12 @@ def from_numpy(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     answers Predict (TF's ``Tensor::AsProtoField``)."""
     enum_value = numpy_to_dtype_enum(array.dtype)
     out.dtype = enum_value
-    shape = _SHAPE_MESSAGES.get(array.shape)
-    if shape is None:
-        if len(_SHAPE_MESSAGES) >= _VALID_SHAPES_MAX:
-            _SHAPE_MESSAGES.clear()
-        shape = _SHAPE_MESSAGES[array.shape] = shape_proto(array.shape)
-    out.tensor_shape.CopyFrom(shape)  # one copy: 0.7 µs against 1.5 adding dims one by one
+    # One copy of a message made once per shape: 0.7 µs against 1.5 adding dims one by one.
+    out.tensor_shape.CopyFrom(_shape_message(array.shape))
     typed_field = _DTYPES[enum_value][1]
     if enum_value == types_pb2.DT_HALF:
         array = array.view(np.uint16)  # half_val carries bit patterns (see _typed_values)
     getattr(out, typed_field).extend(array.ravel().tolist())
-
-
-_SHAPE_MESSAGES: dict[tuple[int, ...], tensor_shape_pb2.TensorShapeProto] = {}
 
 
 def shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
@@ -206,3 +191,7 @@ def shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in shape]
     )
+
+
+# Answers' shapes, made once each (the cached messages are only ever copied from, never changed).
+_shape_message = functools.lru_cache(maxsize=1024)(shape_proto)

@@ -513,9 +513,11 @@ def test_a_shape_seen_before_keeps_every_other_check():
             tensor(four.tobytes(), 1.0), 1024
         )
         assert "more than the request limit of 8" in refused(tensor(four.tobytes()), 8)
-    # Bounded: full, it starts again rather than growing with every shape clients send.
-    tensor_codec._VALID_SHAPES.update(
-        {(0, i, b""): () for i in range(tensor_codec._VALID_SHAPES_MAX)}
-    )
-    to_numpy(tensor(four.tobytes()), "x", 2048)  # a shape not seen yet under this limit
-    assert len(tensor_codec._VALID_SHAPES) == 1
+    # Bounded: every new (shape, limit) past its size replaces the least recent one rather than
+    # growing with every shape clients send; refused shapes were never kept.
+    remembered = tensor_codec._checked_shape
+    limit = remembered.cache_info().maxsize
+    assert limit == 1024
+    for extra in range(limit + 100):
+        to_numpy(tensor(four.tobytes()), "x", 2048 + extra)  # a shape not seen under this limit
+    assert remembered.cache_info().currsize == limit

@@ -9,6 +9,7 @@ only convert protos or JSON to numpy and back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -300,22 +301,12 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> i
                 f"Expects arg '{name}' to be {_tf_dtype(spec.dtype)} but {_tf_dtype(array.dtype)} "
                 "is provided"
             )
-        shape = array.shape
-        if (shape, spec.shape) not in _MATCHING_SHAPES:
-            _check_shape(name, shape, spec.shape)
-            if len(_MATCHING_SHAPES) >= 1024:
-                _MATCHING_SHAPES.clear()  # bounded whatever shapes clients send
-            _MATCHING_SHAPES.add((shape, spec.shape))
+        _check_shape(name, array.shape, spec.shape)
         rows = _batch_dim(name, array)
         if batch is not None and rows != batch:
             raise invalid_argument(f"inputs have different batch sizes ({batch} and {rows})")
         batch = rows
     return batch or 0
-
-
-# (request shape, signature shape) pairs already found to match: the check is a Python loop
-# per dimension, the lookup one hash of two short tuples.
-_MATCHING_SHAPES: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
 
 
 def _refuse_names(signature: Signature, inputs: Mapping[str, np.ndarray]) -> NoReturn:
@@ -330,6 +321,9 @@ def _refuse_names(signature: Signature, inputs: Mapping[str, np.ndarray]) -> NoR
     raise invalid_argument(f"missing input(s) {', '.join(missing)} of signature '{signature.name}'")
 
 
+# Shapes found to match are remembered: the check is a Python loop per dimension, the lookup one
+# hash of short tuples. Bounded whatever shapes clients send; a mismatch raises, not remembered.
+@functools.lru_cache(maxsize=1024)
 def _check_shape(name: str, shape: tuple[int, ...], want: tuple[int, ...]) -> None:
     if len(shape) != len(want):
         raise invalid_argument(

@@ -7,6 +7,7 @@ Only proto ↔ numpy conversion happens here; the model layer does the rest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ from serving import metrics
 from serving.errors import invalid_argument, status_of
 from serving.metrics import PhaseTimes
 from serving.model.config import ConfigError, from_proto
-from serving.model.service import ModelRef, PredictionService, PredictResult
+from serving.model.service import ModelRef, PredictionService
 from serving.model_protos import signature_def_map, version_statuses
 from serving.tensor_codec import from_numpy, to_numpy
 
@@ -58,20 +59,12 @@ def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
     return ModelRef(spec.name, version, label, spec.signature_name)
 
 
-_ANSWER_SPECS: dict[tuple[str, int, str], model_pb2.ModelSpec] = {}
-
-
-def _answer_spec(result: PredictResult) -> model_pb2.ModelSpec:
+@functools.lru_cache(maxsize=1024)  # bounded: versions come and go
+def _answer_spec(model: str, version: int, signature_name: str) -> model_pb2.ModelSpec:
     """The ``model_spec`` a Predict answer carries, made once per model version and signature
-    (one copy per answer instead of three field writes and a submessage)."""
-    key = (result.model, result.version, result.signature_name)
-    spec = _ANSWER_SPECS.get(key)
-    if spec is None:
-        spec = model_pb2.ModelSpec(name=result.model, signature_name=result.signature_name)
-        spec.version.value = result.version
-        if len(_ANSWER_SPECS) >= 1024:
-            _ANSWER_SPECS.clear()  # bounded: versions come and go
-        _ANSWER_SPECS[key] = spec
+    (one copy per answer instead of three field writes and a submessage; only copied from)."""
+    spec = model_pb2.ModelSpec(name=model, signature_name=signature_name)
+    spec.version.value = version
     return spec
 
 
@@ -102,7 +95,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
         encoding = time.perf_counter()
         response = predict_pb2.PredictResponse()
-        response.model_spec.CopyFrom(_answer_spec(result))
+        response.model_spec.CopyFrom(
+            _answer_spec(result.model, result.version, result.signature_name)
+        )
         outputs = response.outputs
         for name, array in result.outputs.items():
             from_numpy(array, outputs[name])
