@@ -241,6 +241,14 @@ def test_response_encoding():
     assert rest_json.encode_response({"p": probabilities}, True) == (
         b'{"predictions":[[0.1,0.9],[0.75,0.25]]}'
     )
+    # Also with several outputs (our models' answer), where each row is an object.
+    assert rest_json.encode_response(outputs, True) == (
+        b'{"predictions":[{"probabilities":[0.1,0.9],"classes":1},'
+        b'{"probabilities":[0.75,0.25],"classes":0}]}'
+    )
+    strided_rows = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
+    strided_answer = rest_json.encode_response({"p": strided_rows, "c": np.arange(3)}, True)
+    assert json.loads(strided_answer)["predictions"][2] == {"p": [8.0, 10.0], "c": 2}
     strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
     assert json.loads(rest_json.encode_response({"p": strided}, False)) == {
         "outputs": strided.tolist()

@@ -380,9 +380,14 @@ def response_body(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[s
         return {"outputs": dict(outputs)}
     if len(outputs) == 1:
         return {"predictions": next(iter(outputs.values()))}
-    columns = {k: v.tolist() for k, v in outputs.items()}
-    rows = len(next(iter(columns.values())))
-    return {"predictions": [{k: col[i] for k, col in columns.items()} for i in range(rows)]}
+    # Each row holds numpy slices and scalars, which orjson writes as the single-output and
+    # columnar answers are written (float32 in its shortest form); .tolist() would widen
+    # float32 to float64 digits (0.1 -> 0.10000000149011612) through a Python float per value.
+    names = list(outputs)
+    columns = [list(np.ascontiguousarray(v)) for v in outputs.values()]
+    return {
+        "predictions": [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+    }
 
 
 def encode_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
