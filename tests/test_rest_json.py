@@ -246,6 +246,9 @@ def test_response_encoding():
         b'{"predictions":[{"probabilities":[0.1,0.9],"classes":1},'
         b'{"probabilities":[0.75,0.25],"classes":0}]}'
     )
+    # ONNX Runtime answers int64 as numpy.longlong, whose scalars orjson cannot write itself.
+    longlong = {"probabilities": probabilities, "classes": classes.astype(np.longlong)}
+    assert rest_json.encode_response(longlong, True) == rest_json.encode_response(outputs, True)
     strided_rows = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
     strided_answer = rest_json.encode_response({"p": strided_rows, "c": np.arange(3)}, True)
     assert json.loads(strided_answer)["predictions"][2] == {"p": [8.0, 10.0], "c": 2}

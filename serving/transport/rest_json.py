@@ -380,14 +380,20 @@ def response_body(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[s
         return {"outputs": dict(outputs)}
     if len(outputs) == 1:
         return {"predictions": next(iter(outputs.values()))}
-    # Each row holds numpy slices and scalars, which orjson writes as the single-output and
-    # columnar answers are written (float32 in its shortest form); .tolist() would widen
-    # float32 to float64 digits (0.1 -> 0.10000000149011612) through a Python float per value.
+    # Float rows stay numpy slices and scalars, which orjson writes as the single-output and
+    # columnar answers are written (float32 in its shortest form; .tolist() would widen it to
+    # float64 digits, 0.1 -> 0.10000000149011612). Other kinds print the same through Python
+    # values, and orjson has no native path for some numpy scalars (ONNX Runtime's int64
+    # outputs are numpy.longlong).
     names = list(outputs)
-    columns = [list(np.ascontiguousarray(v)) for v in outputs.values()]
-    return {
-        "predictions": [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
-    }
+    columns = [
+        list(np.ascontiguousarray(v)) if v.dtype.kind == "f" else v.tolist()
+        for v in outputs.values()
+    ]
+    # The outer zip checks the lengths once; strict=True on every row's zip (a keyword call)
+    # cost ~60 µs more for 256 rows.
+    rows = zip(*columns, strict=True)
+    return {"predictions": [dict(zip(names, row)) for row in rows]}  # noqa: B905 - same length
 
 
 def encode_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
