@@ -18,7 +18,7 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -98,22 +98,29 @@ def _steps(raw: bytes, images: int) -> dict[str, Callable[[], Any]]:
     }
 
 
-def measure(images: int, rounds: int, calls: int) -> dict[str, float]:
-    """Median ms per call of each step over ``rounds`` rounds (step order reversed every other
-    round)."""
-    raw = body_of(images)
-    steps = _steps(raw, images)
+def alternating_rounds(
+    steps: Mapping[str, Callable[[], Any]], rounds: int, calls: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each step in each round: every step called ``calls`` times in a
+    row (after one untimed call), the steps' order reversed every other round."""
     per_round: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(rounds):
-        order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
+        order = list(steps) if round_index % 2 == 0 else list(steps)[::-1]
         for name in order:
             step = steps[name]
             step()
             started = time.perf_counter()
             for _ in range(calls):
                 step()
-            per_round[name].append((time.perf_counter() - started) / calls * 1e3)
-    result = {name: statistics.median(values) for name, values in per_round.items()}
+            per_round[name].append((time.perf_counter() - started) / calls)
+    return per_round
+
+
+def measure(images: int, rounds: int, calls: int) -> dict[str, float]:
+    """Median ms per call of each step over ``rounds`` alternating rounds."""
+    raw = body_of(images)
+    per_round = alternating_rounds(_steps(raw, images), rounds, calls)
+    result = {name: statistics.median(values) * 1e3 for name, values in per_round.items()}
     result["body MB"] = len(raw) / 1e6
     return result
 

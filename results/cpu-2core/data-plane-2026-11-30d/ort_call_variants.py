@@ -6,19 +6,24 @@ alternating rounds on a one-thread session like the server's small-batch session
 
 ``iobinding, outputs bound per call`` is what a server must do (every answer needs buffers of
 its own); ``iobinding, outputs bound once`` reuses one pair of output arrays for every call,
-which a server with requests in flight on several threads cannot do safely.
+which a server with requests in flight on several threads cannot do safely. Run from the
+repository root (it imports benchmarks).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+sys.path.insert(0, ".")
+
+from benchmarks.rest_decode_floor import alternating_rounds
 
 NAMES = ["probabilities", "classes"]
 
@@ -82,21 +87,13 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=3000)
     args = p.parse_args()
     calls = variants(args.model)
-    timings: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():  # warm-up
         for _ in range(300):
             call()
-    for round_index in range(args.rounds):
-        order = list(calls) if round_index % 2 == 0 else list(reversed(calls))
-        for name in order:
-            call = calls[name]
-            started = time.perf_counter()
-            for _ in range(args.calls):
-                call()
-            timings[name].append((time.perf_counter() - started) / args.calls * 1e6)
+    timings = alternating_rounds(calls, args.rounds, args.calls)
     for name, values in timings.items():
-        rounds = ", ".join(f"{v:.1f}" for v in values)
-        print(f"{name:42s} median {statistics.median(values):6.1f} µs  ({rounds})")
+        rounds = ", ".join(f"{v * 1e6:.1f}" for v in values)
+        print(f"{name:42s} median {statistics.median(values) * 1e6:6.1f} µs  ({rounds})")
     return 0
 
 
