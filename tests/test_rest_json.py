@@ -247,7 +247,10 @@ def test_response_encoding():
         b'{"probabilities":[0.75,0.25],"classes":0}]}'
     )
     # ONNX Runtime answers int64 as numpy.longlong, whose scalars orjson cannot write itself.
-    longlong = {"probabilities": probabilities, "classes": classes.astype(np.longlong)}
+    longlong: dict[str, np.ndarray] = {
+        "probabilities": probabilities,
+        "classes": classes.astype(np.longlong),
+    }
     assert rest_json.encode_response(longlong, True) == rest_json.encode_response(outputs, True)
     strided_rows = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
     strided_answer = rest_json.encode_response({"p": strided_rows, "c": np.arange(3)}, True)
