@@ -3,8 +3,8 @@ server's decode + encode phases (issue #11 item 4 asks ≤ 10 ms for a 256-image
 
     python -m benchmarks.rest_decode_floor [--images 32,256] [--rounds 5]
 
-For each body (``{"instances": images.tolist()}`` written by ``json.dumps``, as
-``benchmarks.serving`` and the stock Python client send it) it times, in alternating rounds:
+For each body (``benchmarks.serving.rest_row_body``: ``json.dumps`` of float32 images, as the
+stock Python client sends it) it times, in alternating rounds:
 the steps the fast decoder takes (simdjson parse, ``as_buffer``, the structure check with
 ``bytes.translate``), the whole decoder and the answer's encoding as the server calls them, and
 the other ways of extracting the structure that were tried (numpy masks, ``str.translate``), so
@@ -15,7 +15,6 @@ checked on any machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -25,13 +24,8 @@ import numpy as np
 import simdjson
 
 from benchmarks.rest_codec import SIGNATURE
+from benchmarks.serving import rest_row_body
 from serving.transport import rest_json
-
-
-def body_of(images: int) -> bytes:
-    """The row-format body for ``images`` random MNIST-sized images."""
-    pixels = np.random.default_rng(0).random((images, 28, 28, 1), dtype=np.float32)
-    return json.dumps({"instances": pixels.tolist()}).encode()
 
 
 def _steps(raw: bytes, images: int) -> dict[str, Callable[[], Any]]:
@@ -118,7 +112,7 @@ def alternating_rounds(
 
 def measure(images: int, rounds: int, calls: int) -> dict[str, float]:
     """Median ms per call of each step over ``rounds`` alternating rounds."""
-    raw = body_of(images)
+    raw = rest_row_body(images)
     per_round = alternating_rounds(_steps(raw, images), rounds, calls)
     result = {name: statistics.median(values) * 1e3 for name, values in per_round.items()}
     result["body MB"] = len(raw) / 1e6

@@ -71,13 +71,19 @@ async def _grpc_load(
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
 
 
+def rest_row_body(batch: int) -> bytes:
+    """The REST row-format body the benchmarks send: ``batch`` random float32 images written by
+    ``json.dumps`` (17 significant digits a value, as the stock Python client writes them)."""
+    images = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    return json.dumps({"instances": images.tolist()}).encode()
+
+
 async def _rest_load(
     url: str, model: str, batch: int, concurrency: int, duration: float
 ) -> dict[str, Any]:
     import aiohttp
 
-    images = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
-    body = json.dumps({"instances": images.tolist()}).encode()
+    body = rest_row_body(batch)
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency)

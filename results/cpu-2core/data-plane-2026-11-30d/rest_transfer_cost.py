@@ -4,31 +4,30 @@ one request at a time by an aiohttp client posting the benchmark's row-format bo
 
     python results/cpu-2core/data-plane-2026-11-30d/rest_transfer_cost.py [--requests 400]
 
-Prints, per body, the client's p50 round trip and the server's median time in the read (wall
-and thread CPU): the part of a REST request that no decoder change can remove.
+Run from the repository root (it imports benchmarks and serving). Prints, per body, the
+client's p50 round trip and the server's median time in the read (wall and thread CPU): the part
+of a REST request that no decoder change can remove.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import socket
 import statistics
+import sys
 import time
 from typing import Any
 
 import aiohttp
-import numpy as np
 import uvloop
 from aiohttp import web
 
+sys.path.insert(0, ".")
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from benchmarks.serving import rest_row_body
+from serving.process import free_port
 
 
 def _serve(port: int) -> None:
@@ -60,8 +59,7 @@ def _serve(port: int) -> None:
 
 
 async def _drive(port: int, images: int, requests: int) -> dict[str, Any]:
-    pixels = np.random.default_rng(0).random((images, 28, 28, 1), dtype=np.float32)
-    body = json.dumps({"instances": pixels.tolist()}).encode()
+    body = rest_row_body(images)
     latencies: list[float] = []
     async with aiohttp.ClientSession() as session:
         for _ in range(requests + 20):
@@ -85,7 +83,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--images", default="1,32")
     args = p.parse_args()
-    port = _free_port()
+    port = free_port()
     server = mp.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
     server.start()
     try:
