@@ -238,14 +238,40 @@ def profile_model(
     return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
 
 
-def _tf_kind(op_type: str, name: str, depthwise_layers: set[str]) -> str:
-    if op_type.startswith("DepthwiseConv2d"):
+# oneDNN builds (AVX-512 machines) rename TensorFlow's CPU kernels: `_MklNativeDepthwiseConv2dNative`,
+# `_MklNativeFusedConv2D`, `_MklFusedMatMul`, `_MklNativeMaxPool`, `_MklSoftmax`; grappler's
+# fusions add `_Fused`/`Fused`. Strip those prefixes and classify what remains.
+_TF_KERNEL_PREFIXES = ("_MklNative", "_Mkl", "_Fused", "Fused", "_")
+_TF_POOLING = ("MaxPool", "AvgPool", "MaxPoolV2", "AvgPoolV2")
+
+
+def tf_kernel_base(op_type: str) -> str:
+    """``op_type`` without oneDNN's and grappler's prefixes (``_MklNativeFusedConv2D`` ->
+    ``Conv2D``)."""
+    base = op_type
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _TF_KERNEL_PREFIXES:
+            if base.startswith(prefix) and len(base) > len(prefix):
+                base = base[len(prefix) :]
+                stripped = True
+                break
+    return base
+
+
+def tf_kind(op_type: str, layer_is_depthwise: bool) -> str:
+    """The layer kind a TensorFlow kernel computes, whatever prefix oneDNN or a fusion gave it;
+    ``layer_is_depthwise``: the kernel sits in a layer that also runs a depthwise kernel (its 2-D
+    convolution is then the pointwise one)."""
+    base = tf_kernel_base(op_type)
+    if base.startswith("DepthwiseConv2d"):
         return "depthwise"
-    if "Conv2D" in op_type or "Conv3D" in op_type:
-        return "pointwise" if _layer(name) in depthwise_layers else "standard conv"
-    if "MatMul" in op_type:
+    if base.startswith(("Conv2D", "Conv3D")):
+        return "pointwise" if layer_is_depthwise else "standard conv"
+    if base.startswith(("MatMul", "BatchMatMul")):
         return "dense"
-    if op_type in ("MaxPool", "AvgPool", "MaxPoolV2"):
+    if base in _TF_POOLING:
         return "pooling"
     return "rest"
 
@@ -278,10 +304,12 @@ def framework_op_times(xplane_paths: Sequence[str], calls: int) -> dict[str, flo
         ops.append(
             (str(values["type"]), str(values["operation"]), float(values["total_self_time"]))
         )
-    depthwise_layers = {_layer(name) for op_type, name, _ in ops if op_type.startswith("Depthwise")}
+    depthwise_layers = {
+        _layer(name) for op_type, name, _ in ops if tf_kind(op_type, False) == "depthwise"
+    }
     totals: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
     for op_type, name, self_us in ops:
-        totals[_tf_kind(op_type, name, depthwise_layers)] += self_us
+        totals[tf_kind(op_type, _layer(name) in depthwise_layers)] += self_us
     return {kind: us / 1000.0 / calls for kind, us in totals.items()}
 
 
