@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing (atheris, libFuzzer) of the ``TensorProto`` decoder
-``serving.tensor_codec.to_numpy``: the one function that turns a client's tensor bytes into an
-array, run on every gRPC request.
+``serving.transport.tensor_codec.to_numpy``: the one function that turns a client's tensor bytes
+into an array, run on every gRPC request.
 
 Each input is either a serialized ``TensorProto`` (parsed by protobuf, then decoded) or, half of
 the time, a tensor built field by field from the input bytes (dtype, dimensions including
@@ -24,7 +24,7 @@ with atheris.instrument_imports():
 
     from contract.protos import tensor_pb2, types_pb2
     from serving.errors import ServingError
-    from serving.tensor_codec import to_numpy
+    from serving.transport.tensor_codec import to_numpy
 
 MAX_BYTES = 1 << 20
 _TYPED_FIELDS = sorted(

@@ -28,9 +28,9 @@ from serving.model.warmup import read_prediction_logs
 from serving.paths import default_roots
 from serving.runtimes import Runtime, RuntimeOptions, load_runtime
 from serving.settings import Settings, TlsSettings
-from serving.tensor_codec import to_numpy
 from serving.transport.grpc_api import Health, build_server
 from serving.transport.rest_api import RestApi, start_rest
+from serving.transport.tensor_codec import to_numpy
 
 log = logging.getLogger("serving")
 

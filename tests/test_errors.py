@@ -20,9 +20,9 @@ from serving import errors
 from serving.errors import MAX_MESSAGE_CHARS, ServingError, http_status, status_of
 from serving.model.service import ModelRef
 from serving.runtimes import Signature, TensorSpec
-from serving.tensor_codec import from_numpy
 from serving.transport.grpc_api import Health, build_server
 from serving.transport.rest_api import RestApi
+from serving.transport.tensor_codec import from_numpy
 
 C = grpc.StatusCode
 

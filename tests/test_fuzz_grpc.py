@@ -31,7 +31,7 @@ from contract.protos import (
 )
 from fuzz.common import GRPC_CLIENT_ERRORS, TALLY, fuzz_settings
 from serving.client import predict_request
-from serving.tensor_codec import to_numpy
+from serving.transport.tensor_codec import to_numpy
 
 MODELS = ("standard", "separable")
 OUTPUTS = ("probabilities", "classes")
@@ -487,8 +487,8 @@ def test_decoder_converts_typed_values_as_tensorflow_does():
 def test_a_shape_seen_before_keeps_every_other_check():
     """to_numpy remembers validated shapes; the content, the typed fields and the byte limit are
     still checked for every tensor of that shape."""
-    from serving import tensor_codec
     from serving.errors import ServingError
+    from serving.transport import tensor_codec
 
     def tensor(content: bytes, *floats: float) -> tensor_pb2.TensorProto:
         proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=content)

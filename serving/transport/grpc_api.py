@@ -38,8 +38,8 @@ from serving.errors import invalid_argument, status_of
 from serving.metrics import PhaseTimes
 from serving.model.config import ConfigError, from_proto
 from serving.model.service import ModelRef, PredictionService
-from serving.model_protos import signature_def_map, version_statuses
-from serving.tensor_codec import from_numpy, to_numpy
+from serving.transport.model_protos import signature_def_map, version_statuses
+from serving.transport.tensor_codec import from_numpy, to_numpy
 
 log = logging.getLogger("serving.grpc")
 

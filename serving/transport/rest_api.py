@@ -29,7 +29,7 @@ from serving.errors import (
 )
 from serving.metrics import PhaseTimes
 from serving.model.service import ModelRef, PredictionService
-from serving.model_protos import signature_def_map, version_statuses
+from serving.transport.model_protos import signature_def_map, version_statuses
 from serving.transport.rest_json import (
     decode_predict,
     decode_predict_fast,

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from contract.protos import get_model_metadata_pb2, get_model_status_pb2, meta_graph_pb2, status_pb2
 from serving.model.versions import ServableVersion, VersionState
 from serving.runtimes import Signature
-from serving.tensor_codec import numpy_to_dtype_enum, shape_proto
+from serving.transport.tensor_codec import numpy_to_dtype_enum, shape_proto
 
 
 def signature_def_map(
