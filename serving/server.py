@@ -203,10 +203,25 @@ class Server:
 
     async def run(self) -> int:
         """Serve until asked to stop; return the process exit code."""
-        settings = self.settings
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        configs = self._checked_configs()
+        grpc_server, rest_runner = await self._start(configs)
+        log.info(
+            "serving %s with the %s runtime",
+            ", ".join(self.manager.model_names),
+            self.settings.runtime,
+        )
+        self._start_background()
+        await self._stop.wait()
+        await self._drain(grpc_server, rest_runner)
+        log.info("stopped")
+        return 0
+
+    def _checked_configs(self) -> list[ModelConfig]:
+        """The start-up model configuration, its base paths checked against the allowed roots."""
+        settings = self.settings
         try:
             configs = model_configs(settings)
             self.manager.allowed_roots = settings.model_base_path_roots or default_roots(
@@ -216,7 +231,13 @@ class Server:
         except ConfigError as exc:
             flag = "--model_config_file" if settings.model_config_file else "--model_base_path"
             raise StartupError(f"{flag}: {exc}") from exc
+        return configs
 
+    async def _start(
+        self, configs: list[ModelConfig]
+    ) -> tuple[grpc.aio.Server, web.AppRunner | None]:
+        """Load the models and listen, in the order --workers needs; health then answers."""
+        settings = self.settings
         # A lone server (or worker 0) listens first so health answers NOT_SERVING while models
         # load, as TF Serving's does; the other --workers listen only once loaded, because the
         # kernel spreads new connections over every process bound to the shared ports.
@@ -240,9 +261,11 @@ class Server:
         elif settings.worker_ready_file:
             Path(settings.worker_ready_file).touch()
         await self._refresh_health()
-        log.info(
-            "serving %s with the %s runtime", ", ".join(self.manager.model_names), settings.runtime
-        )
+        return grpc_server, rest_runner
+
+    def _start_background(self) -> None:
+        """The timers: metrics flushing (--workers), model file and config polling."""
+        settings = self.settings
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # --workers: a scrape is answered by one worker reading every worker's files, so
             # each worker writes its deferred request metrics out on a timer.
@@ -256,15 +279,15 @@ class Server:
                 )
             )
 
-        await self._stop.wait()
-        # Drain: health flips first (load balancers stop routing), then no new RPCs are taken
-        # while in-flight ones finish within the grace period.
+    async def _drain(self, grpc_server: grpc.aio.Server, rest_runner: web.AppRunner | None) -> None:
+        """The graceful shutdown: health flips first (load balancers stop routing), then no new
+        RPCs are taken while in-flight ones finish within the grace period."""
         log.info("shutting down: draining in-flight requests")
         self._shutting_down = True
         await self._refresh_health()
         for task in list(self._background):
             task.cancel()
-        grace = settings.shutdown_grace_seconds
+        grace = self.settings.shutdown_grace_seconds
         await self._stop_listening(grpc_server, rest_runner, grace)
         with suppress(TimeoutError):
             async with asyncio.timeout(grace):
@@ -273,8 +296,6 @@ class Server:
         if self._batch_executor is not None:
             self._batch_executor.shutdown(wait=False, cancel_futures=True)
         metrics.flush()  # the last requests' metrics, before the process (and its files) end
-        log.info("stopped")
-        return 0
 
     async def _wait_for_first_worker(self) -> None:
         """With --workers: wait until worker 0 has loaded its models (its ready file exists), so

@@ -65,33 +65,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class _CliError(Exception):
+    """A one-line ``error: ...`` for stderr; the command then exits with 1."""
+
+
+_Named = tuple[str, np.ndarray, int | None]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Classify each input and print class, probability and latency."""
     args = parse_args(argv)
-    named: list[tuple[str, np.ndarray, int | None]] = []
     try:
-        for path in args.images:
-            named.append((str(path), load_digit(path), None))
-    except ImageError as exc:
+        named: list[_Named] = [(str(path), _load_file(path), None) for path in args.images]
+        if args.mnist:
+            named.extend(_mnist_digits(args.mnist))
+        _classify(args, named)
+    except _CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.mnist:
-        from training.data import DataError, load_mnist
+    return 0
 
-        try:
-            mnist = load_mnist()
-        except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        for index in args.mnist:
-            if not 0 <= index < len(mnist.x_test):
-                print(
-                    f"error: MNIST test index {index} outside 0..{len(mnist.x_test) - 1}",
-                    file=sys.stderr,
-                )
-                return 1
-            image = (mnist.x_test[index].astype(np.float32) / 255.0)[..., np.newaxis]
-            named.append((f"mnist[{index}]", image, int(mnist.y_test[index])))
+
+def _load_file(path: Path) -> np.ndarray:
+    try:
+        return load_digit(path)
+    except ImageError as exc:
+        raise _CliError(str(exc)) from exc
+
+
+def _mnist_digits(indices: list[int]) -> list[_Named]:
+    """The MNIST test images at ``indices``, each with its label."""
+    from training.data import DataError, load_mnist
+
+    try:
+        mnist = load_mnist()
+    except DataError as exc:
+        raise _CliError(str(exc)) from exc
+    named: list[_Named] = []
+    for index in indices:
+        if not 0 <= index < len(mnist.x_test):
+            raise _CliError(f"MNIST test index {index} outside 0..{len(mnist.x_test) - 1}")
+        image = (mnist.x_test[index].astype(np.float32) / 255.0)[..., np.newaxis]
+        named.append((f"mnist[{index}]", image, int(mnist.y_test[index])))
+    return named
+
+
+def _classify(args: argparse.Namespace, named: list[_Named]) -> None:
+    """Send each image to the server and print its class; stops at the first failure."""
     target = args.target or ("localhost:8500" if args.protocol == "grpc" else "localhost:8501")
     with ServingClient(target, args.protocol, timeout_s=args.timeout) as client:
         for name, image, label in named:
@@ -101,16 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except ClientError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                    print(
-                        f"error: cannot reach the server at {target} ({exc.message})",
-                        file=sys.stderr,
-                    )
-                else:
-                    print(f"error: {name}: {exc}", file=sys.stderr)
-                return 1
+                    raise _CliError(f"cannot reach the server at {target} ({exc.message})") from exc
+                raise _CliError(f"{name}: {exc}") from exc
             except OSError as exc:
-                print(f"error: cannot reach the server at {target} ({exc})", file=sys.stderr)
-                return 1
+                raise _CliError(f"cannot reach the server at {target} ({exc})") from exc
             digit = int(result.classes[0])
             probability = float(result.probabilities[0][digit])
             expected = (
@@ -120,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: {digit}  p={probability:.4f}  {result.latency_s * 1e3:.2f} ms  "
                 f"[{args.model} v{result.version or '?'} via {args.protocol}]{expected}"
             )
-    return 0
 
 
 if __name__ == "__main__":

@@ -175,22 +175,7 @@ class PredictionService:
             servable = self._manager.resolve(ref.name, ref.version, ref.label)
             servable.acquire()
             version_label = str(servable.version)
-            signature = self.signature(servable, ref.signature_name)
-            rows = validate_inputs(signature, inputs)
-            output_names = validate_output_filter(signature, output_filter)
-            runtime = servable.runtime
-            assert runtime is not None
-            if rows == 0:
-                outputs = empty_outputs(signature)
-            elif self._batching is None and rows <= self._inline_max_rows:
-                # Tiny requests run on the event loop thread: a thread hop costs more than the
-                # model. Never suspends, so there is no deadline to enforce.
-                outputs = self._timed_predict(runtime, signature, inputs, rows, times)
-            else:
-                outputs = await self._run(servable, signature, inputs, rows, timeout_s, times)
-            if output_names:
-                outputs = {k: outputs[k] for k in output_names}
-            return PredictResult(ref.name, servable.version, signature.name, outputs, runtime.kind)
+            return await self._predict_on(servable, ref, inputs, output_filter, timeout_s, times)
         except asyncio.CancelledError:
             code = "CANCELLED"  # the client went away
             raise
@@ -201,12 +186,53 @@ class PredictionService:
             self.in_flight -= 1
             if servable is not None:
                 servable.release()
-                model_label = ref.name  # it resolved, so it is a configured model
-            else:
-                model_label = ref.name if self._manager.serves(ref.name) else "_unknown_"
-            metrics.observe_request(
-                model_label, version_label, api, code, time.perf_counter() - started
-            )
+            self._observe(ref, servable, version_label, api, code, started)
+
+    async def _predict_on(
+        self,
+        servable: ServableVersion,
+        ref: ModelRef,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str],
+        timeout_s: float | None,
+        times: PhaseTimes | None,
+    ) -> PredictResult:
+        """The request on the version it resolved to (acquired by the caller): validate, run
+        inline, on a thread or through the batcher, filter the outputs."""
+        signature = self.signature(servable, ref.signature_name)
+        rows = validate_inputs(signature, inputs)
+        output_names = validate_output_filter(signature, output_filter)
+        runtime = servable.runtime
+        assert runtime is not None
+        if rows == 0:
+            outputs = empty_outputs(signature)
+        elif self._batching is None and rows <= self._inline_max_rows:
+            # Tiny requests run on the event loop thread: a thread hop costs more than the
+            # model. Never suspends, so there is no deadline to enforce.
+            outputs = self._timed_predict(runtime, signature, inputs, rows, times)
+        else:
+            outputs = await self._run(servable, signature, inputs, rows, timeout_s, times)
+        if output_names:
+            outputs = {k: outputs[k] for k in output_names}
+        return PredictResult(ref.name, servable.version, signature.name, outputs, runtime.kind)
+
+    def _observe(
+        self,
+        ref: ModelRef,
+        servable: ServableVersion | None,
+        version_label: str,
+        api: str,
+        code: str,
+        started: float,
+    ) -> None:
+        """The request's count and latency, labelled without letting clients invent models."""
+        if servable is not None:
+            model_label = ref.name  # it resolved, so it is a configured model
+        else:
+            model_label = ref.name if self._manager.serves(ref.name) else "_unknown_"
+        metrics.observe_request(
+            model_label, version_label, api, code, time.perf_counter() - started
+        )
 
     @staticmethod
     def _timed_predict(

@@ -11,10 +11,11 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
@@ -31,6 +32,7 @@ from serving.metrics import PhaseTimes
 from serving.model.service import ModelRef, PredictionService
 from serving.transport.model_protos import signature_def_map, version_statuses
 from serving.transport.rest_json import (
+    PredictBody,
     decode_predict,
     decode_predict_fast,
     decode_predict_reference,
@@ -126,7 +128,24 @@ class RestApi:
         return ModelRef(name, _version_number(version) if version else None, label, signature_name)
 
     async def _predict(self, request: web.Request, match: re.Match[str]) -> web.Response:
-        verb = match.group(4).lower()
+        """``:predict`` in four steps: read the body, decode it against the signature, run the
+        model, encode the answer; the decode and encode times go to the phase metrics."""
+        raw = await self._read_body(request)
+        started = time.perf_counter()
+        ref, inputs, row_format = await self._decode(raw, match)
+        # decode: JSON parse and conversion to arrays, the thread hops included.
+        times = PhaseTimes(decode=time.perf_counter() - started)
+        result = await self._service.predict(
+            ref, inputs, (), "rest", timeout_s=self._timeout_s, times=times
+        )
+        encoding = time.perf_counter()
+        response = await self._encode(result.outputs, row_format)
+        times.encode = time.perf_counter() - encoding
+        metrics.observe_phases(result.model, str(result.version), "rest", result.runtime, times)
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The request body, refused with 413 past ``max_request_bytes``."""
         declared = request.content_length
         if declared is not None and declared > self._max_bytes:
             # Refuse before reading: the body never enters memory.
@@ -135,14 +154,17 @@ class RestApi:
             if declared is not None:
                 # The chunks joined once; request.read() grows a bytearray chunk by chunk and
                 # copies it again (a quarter of the server's time for a 4.5 MB body, profiled).
-                raw = await request.content.readexactly(declared)
-            else:
-                raw = await request.read()
+                return await request.content.readexactly(declared)
+            return await request.read()
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past client_max_size
             raise request_too_large(self._max_bytes) from None
         except asyncio.IncompleteReadError:
             raise invalid_argument("the request body ended before its Content-Length") from None
-        started = time.perf_counter()
+
+    async def _decode(
+        self, raw: bytes, match: re.Match[str]
+    ) -> tuple[ModelRef, dict[str, np.ndarray], bool]:
+        """The model reference, the input arrays and whether the request used the row format."""
         # Large bodies (a 256-image row-format body is ~4.5 MB of JSON) are decoded on a codec
         # thread while other requests are in flight, so the loop goes on answering them at
         # each GIL switch; alone, the body is decoded here, saving the two thread hand-offs.
@@ -150,17 +172,9 @@ class RestApi:
         offload = large and bool(self._decoding or self._service.in_flight)
         self._decoding += 1
         try:
-            if offload:
-                body = await self._off_loop(decode_predict, raw)
-            else:
-                fast_body = decode_predict_fast(raw)
-                if fast_body is not None:
-                    body = fast_body
-                elif large:  # the reference decoder: ~100 ms for megabytes, never on the loop
-                    body = await self._off_loop(decode_predict_reference, raw)
-                else:
-                    body = decode_predict_reference(raw)
+            body = await self._parse(raw, large=large, offload=offload)
             ref = self._ref(match, body.signature_name)
+            verb = match.group(4).lower()
             if verb != "predict":
                 self._service.unsupported(ref, f":{verb}")
             signature = self._service.input_signature(ref)
@@ -171,24 +185,30 @@ class RestApi:
                 inputs, row_format = body.inputs(signature)
         finally:
             self._decoding -= 1
-        # decode: JSON parse and conversion to arrays, the thread hops included.
-        times = PhaseTimes(decode=time.perf_counter() - started)
-        result = await self._service.predict(
-            ref, inputs, (), "rest", timeout_s=self._timeout_s, times=times
-        )
-        encoding = time.perf_counter()
+        return ref, inputs, row_format
+
+    async def _parse(self, raw: bytes, *, large: bool, offload: bool) -> PredictBody:
+        """The parsed JSON body: on a codec thread when ``offload``, else the fast decoder on
+        the loop, falling back to the reference decoder (off the loop when ``large``)."""
+        if offload:
+            body: PredictBody = await self._off_loop(decode_predict, raw)
+            return body
+        fast_body = decode_predict_fast(raw)
+        if fast_body is not None:
+            return fast_body
+        if large:  # the reference decoder: ~100 ms for megabytes, never on the loop
+            body = await self._off_loop(decode_predict_reference, raw)
+            return body
+        return decode_predict_reference(raw)
+
+    async def _encode(self, outputs: Mapping[str, np.ndarray], row_format: bool) -> web.Response:
+        """The JSON answer for ``outputs``."""
         # Answers are small next to requests here (10 numbers per image, ~0.3 ms for 256
         # images): off the loop only when the outputs are large.
-        if sum(array.nbytes for array in result.outputs.values()) > OFFLOAD_BYTES:
-            encoded = await self._off_loop(encode_response, result.outputs, row_format)
-            response = web.Response(body=encoded, content_type=_JSON)
-        else:
-            response = web.Response(
-                body=encode_response(result.outputs, row_format), content_type=_JSON
-            )
-        times.encode = time.perf_counter() - encoding
-        metrics.observe_phases(result.model, str(result.version), "rest", result.runtime, times)
-        return response
+        if sum(array.nbytes for array in outputs.values()) > OFFLOAD_BYTES:
+            encoded = await self._off_loop(encode_response, outputs, row_format)
+            return web.Response(body=encoded, content_type=_JSON)
+        return web.Response(body=encode_response(outputs, row_format), content_type=_JSON)
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._codec, fn, *args)

@@ -111,32 +111,38 @@ def request_inputs(body: Any, signature: Signature) -> tuple[dict[str, np.ndarra
     has_rows, has_columns = "instances" in body, "inputs" in body
     if has_rows == has_columns:
         raise invalid_argument("request must have exactly one of 'instances' or 'inputs'")
-    specs = signature.inputs
-    names = list(specs)
     if has_rows:
-        instances = body["instances"]
-        if not isinstance(instances, list):
-            raise invalid_argument("'instances' must be a list")
-        if not instances:
-            return {n: _empty(specs[n]) for n in names}, True
-        if all(isinstance(i, dict) for i in instances):
-            columns: dict[str, list[Any]] = {n: [] for n in names}
-            for index, instance in enumerate(instances):
-                if set(instance) != set(names):
-                    raise invalid_argument(
-                        f"instance {index} has keys {sorted(instance)}; expected {sorted(names)}"
-                    )
-                for n in names:
-                    columns[n].append(instance[n])
-            return {n: _to_array(columns[n], specs[n]) for n in names}, True
-        if any(isinstance(i, dict) for i in instances):
-            raise invalid_argument("instances mix objects and values")
-        if len(names) != 1:
-            raise invalid_argument(
-                f"the signature has inputs {names}: each instance must be an object"
-            )
-        return {names[0]: _to_array(instances, specs[names[0]])}, True
-    columnar = body["inputs"]
+        return _row_inputs(body["instances"], signature.inputs), True
+    return _columnar_inputs(body["inputs"], signature.inputs), False
+
+
+def _row_inputs(instances: Any, specs: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
+    """The row format (``instances``): a list of values, or of objects keyed by input name."""
+    names = list(specs)
+    if not isinstance(instances, list):
+        raise invalid_argument("'instances' must be a list")
+    if not instances:
+        return {n: _empty(specs[n]) for n in names}
+    if all(isinstance(i, dict) for i in instances):
+        columns: dict[str, list[Any]] = {n: [] for n in names}
+        for index, instance in enumerate(instances):
+            if set(instance) != set(names):
+                raise invalid_argument(
+                    f"instance {index} has keys {sorted(instance)}; expected {sorted(names)}"
+                )
+            for n in names:
+                columns[n].append(instance[n])
+        return {n: _to_array(columns[n], specs[n]) for n in names}
+    if any(isinstance(i, dict) for i in instances):
+        raise invalid_argument("instances mix objects and values")
+    if len(names) != 1:
+        raise invalid_argument(f"the signature has inputs {names}: each instance must be an object")
+    return {names[0]: _to_array(instances, specs[names[0]])}
+
+
+def _columnar_inputs(columnar: Any, specs: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
+    """The columnar format (``inputs``): one value, or an object keyed by input name."""
+    names = list(specs)
     if isinstance(columnar, dict):
         unknown = sorted(set(columnar) - set(names))
         missing = sorted(set(names) - set(columnar))
@@ -144,10 +150,10 @@ def request_inputs(body: Any, signature: Signature) -> tuple[dict[str, np.ndarra
             raise invalid_argument(
                 f"'inputs' has keys {sorted(columnar)}; expected {sorted(names)}"
             )
-        return {n: _to_array(columnar[n], specs[n]) for n in names}, False
+        return {n: _to_array(columnar[n], specs[n]) for n in names}
     if len(names) != 1:
         raise invalid_argument(f"the signature has inputs {names}: 'inputs' must be an object")
-    return {names[0]: _to_array(columnar, specs[names[0]])}, False
+    return {names[0]: _to_array(columnar, specs[names[0]])}
 
 
 def _signature_name(body: Any) -> str:
@@ -217,6 +223,8 @@ def _numeric_array(value: Any) -> tuple[np.ndarray, bytes]:
 
 
 def _fast_parse(raw: bytes) -> FastBody:
+    """The fast decoder: simdjson's numeric buffers, taken only when the body's structure
+    proves them the arrays the reference decoder would build; _NeedsReferenceError otherwise."""
     if raw.startswith(_UTF8_BOM):  # simdjson skips a BOM, orjson refuses it
         raise _NeedsReferenceError
     try:
@@ -224,39 +232,8 @@ def _fast_parse(raw: bytes) -> FastBody:
     except (ValueError, RuntimeError):
         raise _NeedsReferenceError from None
     try:
-        if not isinstance(document, simdjson.Object):
-            raise _NeedsReferenceError
-        keys = list(document.keys())
-        # Duplicate keys: orjson keeps the last, simdjson finds the first.
-        if len(set(keys)) != len(keys) or not set(keys) <= _FAST_KEYS:
-            raise _NeedsReferenceError
-        if ("instances" in keys) == ("inputs" in keys):
-            raise _NeedsReferenceError
-        signature_name = ""
-        if "signature_name" in keys:
-            name = document["signature_name"]
-            # Brackets or commas in the string would upset the skeleton comparison.
-            if not isinstance(name, str) or not _STRUCTURE.isdisjoint(name):
-                raise _NeedsReferenceError
-            signature_name = name
-        row_format = "instances" in keys
-        data = document["instances" if row_format else "inputs"]
-        arrays: dict[str | None, np.ndarray] = {}
-        skeletons: list[bytes] = []
-        if isinstance(data, simdjson.Object):
-            if row_format:
-                raise _NeedsReferenceError
-            names = list(data.keys())
-            if len(set(names)) != len(names) or not all(_STRUCTURE.isdisjoint(n) for n in names):
-                raise _NeedsReferenceError
-            for input_name in names:
-                array, skeleton = _numeric_array(data[input_name])
-                arrays[input_name] = array
-                skeletons.append(skeleton)
-        else:
-            array, skeleton = _numeric_array(data)
-            arrays[None] = array
-            skeletons.append(skeleton)
+        signature_name, row_format, data = _fast_header(document)
+        arrays, skeletons = _fast_arrays(data, row_format)
         del data
     finally:
         del document  # the parser can take the next document only once this one is dropped
@@ -265,6 +242,50 @@ def _fast_parse(raw: bytes) -> FastBody:
     if raw.translate(None, _NOT_STRUCTURE).strip(b",") != b",".join(skeletons):
         raise _NeedsReferenceError
     return FastBody(signature_name, row_format, arrays)
+
+
+def _fast_header(document: Any) -> tuple[str, bool, Any]:
+    """The body's ``signature_name``, whether it is in the row format, and its ``instances``
+    or ``inputs``."""
+    if not isinstance(document, simdjson.Object):
+        raise _NeedsReferenceError
+    keys = list(document.keys())
+    # Duplicate keys: orjson keeps the last, simdjson finds the first.
+    if len(set(keys)) != len(keys) or not set(keys) <= _FAST_KEYS:
+        raise _NeedsReferenceError
+    if ("instances" in keys) == ("inputs" in keys):
+        raise _NeedsReferenceError
+    signature_name = ""
+    if "signature_name" in keys:
+        name = document["signature_name"]
+        # Brackets or commas in the string would upset the skeleton comparison.
+        if not isinstance(name, str) or not _STRUCTURE.isdisjoint(name):
+            raise _NeedsReferenceError
+        signature_name = name
+    row_format = "instances" in keys
+    return signature_name, row_format, document["instances" if row_format else "inputs"]
+
+
+def _fast_arrays(data: Any, row_format: bool) -> tuple[dict[str | None, np.ndarray], list[bytes]]:
+    """The arrays of ``instances`` or ``inputs`` (keyed by input name, None: unnamed) and the
+    skeleton each implies, in the body's order."""
+    arrays: dict[str | None, np.ndarray] = {}
+    skeletons: list[bytes] = []
+    if isinstance(data, simdjson.Object):
+        if row_format:
+            raise _NeedsReferenceError
+        names = list(data.keys())
+        if len(set(names)) != len(names) or not all(_STRUCTURE.isdisjoint(n) for n in names):
+            raise _NeedsReferenceError
+        for input_name in names:
+            array, skeleton = _numeric_array(data[input_name])
+            arrays[input_name] = array
+            skeletons.append(skeleton)
+    else:
+        array, skeleton = _numeric_array(data)
+        arrays[None] = array
+        skeletons.append(skeleton)
+    return arrays, skeletons
 
 
 @dataclass
