@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.serving import drive
-from serving.process import ServerProcess
+from harness import ServerProcess
 
 
 def _server(config: Path, tree: Path, flags: list[str]) -> ServerProcess:

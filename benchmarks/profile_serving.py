@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.serving import drive, latest_version
-from serving.process import ServerProcess, free_port
+from harness import ServerProcess, free_port
 
 CASES = {
     # name: (runtime, api, batch, concurrency); runtime "minimal": benchmarks.minimal_server

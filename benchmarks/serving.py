@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.process import ServerProcess, free_port
+from harness import ServerProcess, free_port
 
 
 def _percentile(values: list[float], q: float) -> float:

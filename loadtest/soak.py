@@ -31,8 +31,8 @@ from typing import Any
 
 import psutil
 
+from harness import ServerProcess
 from loadtest.recorder import read_run_output
-from serving.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -923,7 +923,7 @@ class _Sweep:
 
     def start_server(self, runtime: str, info: dict[str, Any], sampler: CpuSampler) -> Any:
         """The started server, or ``None`` when it did not start (noted, its cells NaN)."""
-        from serving.process import ServerProcess
+        from harness import ServerProcess
 
         config = self.config
         self.progress.update(self.task, description=f"{runtime}: starting server")

@@ -79,7 +79,7 @@ def onnx_reference(exported_repository) -> dict:
 @pytest.fixture(scope="module")
 def onnx_server(tmp_path_factory, exported_repository):
     """A real server (ONNX runtime) on free ports, shared by a test module; read-only use."""
-    from serving.process import ServerProcess
+    from harness import ServerProcess
 
     root = tmp_path_factory.mktemp("onnx-server")
     repo = copy_repository(exported_repository, root / "models")

@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
+from harness import ServerProcess
 from serving.client import ServingClient
 from serving.errors import ServingError
 from serving.model.batching import Batcher
-from serving.process import ServerProcess
 from serving.runtimes import RuntimeOptions, load_runtime
 from serving.settings import BatchingSettings
 

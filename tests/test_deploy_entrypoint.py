@@ -41,7 +41,7 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from contract import INPUT_NAME, OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SIGNATURE_NAME
-from serving.process import free_port, wait_until_serving
+from harness import free_port, wait_until_serving
 from tests.distributions import dependency_closure
 from tools.dockerfile_image import ImageConfig, image_config
 from tools.requirements import load_requirements, select

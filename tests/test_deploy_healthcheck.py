@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from harness import free_port
 from serving.healthcheck import check, main
-from serving.process import free_port
 
 
 @pytest.fixture

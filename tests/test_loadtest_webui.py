@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
+from harness import ServerProcess, free_port
 from loadtest import hdr, webui
 from loadtest.sweep import LOCUSTFILE
-from serving.process import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from contract.protos import prediction_service_pb2_grpc
+from harness import ServerProcess
 from serving.client import predict_request
-from serving.process import ServerProcess
 
 FULL = np.zeros((64, 28, 28, 1), np.float32)
 LONE = np.zeros((1, 28, 28, 1), np.float32)

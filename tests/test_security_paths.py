@@ -17,9 +17,9 @@ import pytest
 from google.protobuf import text_format
 
 from contract.protos import model_management_pb2, model_service_pb2_grpc
+from harness import ServerProcess, free_port
 from serving.client import ClientError, ServingClient
 from serving.paths import PathNotAllowedError, check_tree, confine, default_roots
-from serving.process import ServerProcess, free_port
 from serving.settings import SettingsError, parse_settings
 
 IMAGES = np.zeros((1, 28, 28, 1), np.float32)

@@ -322,7 +322,7 @@ def test_rest_large_bodies_alone_and_concurrent(onnx_server, mnist):
 
 def test_standard_asyncio_loop_serves_too(model_repository, mnist):
     """uvloop is the default loop; ``--event_loop=asyncio`` serves both APIs the same."""
-    from serving.process import ServerProcess
+    from harness import ServerProcess
 
     repo = model_repository
     images = _images(mnist, 3)

@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract.protos import model_management_pb2, model_server_config_pb2, model_service_pb2_grpc
+from harness import ServerProcess, free_port
 from serving.client import ClientError, ServingClient
-from serving.process import ServerProcess, free_port
 
 IMAGES = np.zeros((2, 28, 28, 1), np.float32)
 

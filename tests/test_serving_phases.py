@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import ServerProcess
 from serving.client import ServingClient
 from serving.metrics import FLUSH_SECONDS
-from serving.process import ServerProcess
 
 PHASES = ("decode", "queue", "infer", "encode")
 N = 12

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import ServerProcess, free_port
 from serving.client import ServingClient
-from serving.process import ServerProcess, free_port
 from serving.runtimes import RuntimeOptions, load_runtime
 
 

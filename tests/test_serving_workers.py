@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from contract.protos import prediction_service_pb2_grpc
+from harness import ServerProcess
 from serving.client import predict_request
-from serving.process import ServerProcess
 
 CLIENT_THREADS = 8
 

@@ -1,5 +1,5 @@
-"""Run ``python -m serving`` as a child process on free ports: used by tests, the load-test sweep
-and the container smoke test."""
+"""Run ``python -m serving`` as a child process on free ports: used by tests, benchmarks, the
+load-test sweep and soak, and the container smoke test."""
 
 from __future__ import annotations
 
