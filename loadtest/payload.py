@@ -37,13 +37,13 @@ def load_test_set() -> TestSet:
     """The 10,000 MNIST test images, loaded once per process.
 
     Reads only the test arrays from the Keras cache when it is there (a quarter of a second
-    instead of decompressing the training set too); otherwise ``training.data.load_mnist`` finds
+    instead of decompressing the training set too); otherwise ``mnist_data.load_mnist`` finds
     and caches MNIST from its other sources.
     """
     global _TEST_SET  # noqa: PLW0603 - process-wide cache of an immutable dataset
     if _TEST_SET is not None:
         return _TEST_SET
-    from training.data import TEST_SIZE, keras_cache_path, load_mnist
+    from mnist_data import TEST_SIZE, keras_cache_path, load_mnist
 
     images: np.ndarray | None = None
     labels: np.ndarray | None = None

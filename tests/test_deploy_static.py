@@ -440,6 +440,7 @@ def test_dockerignore_keeps_build_inputs_and_drops_the_rest():
         "serving/__pycache__/server.cpython-311.pyc",
         "tests/test_deploy_static.py",
         "tools/other_script.py",
+        "harness/server.py",
     ):
         assert _excluded(kept_out, rules), f"{kept_out} would be sent to the builder"
 

@@ -3,7 +3,7 @@ marshal, shelve...), no ``eval``/``exec``, no pickle-enabled loaders, no shell.
 
 The check reads the syntax trees of the packages the server runs (serving/, contract/), so
 comments and strings do not count and an aliased import does not hide a call. The MNIST loader's
-restricted unpickler (training/data.py) is outside them: it reads a packaged data set, never a
+restricted unpickler (mnist_data/unpickle.py) is outside them: it reads a packaged data set, never a
 request or a model directory.
 """
 

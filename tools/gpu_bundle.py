@@ -244,7 +244,7 @@ def copy_models(models_dir: Path, output: Path) -> list[str]:
 
 def write_test_set(output: Path) -> Path:
     """The MNIST test set where ``KERAS_HOME=output/data/keras`` makes the load generator look."""
-    from training.data import load_mnist
+    from mnist_data import load_mnist
 
     mnist = load_mnist()
     path = output / "data" / "keras" / "datasets" / "mnist.npz"

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
-    from training.data import DataError, load_mnist
+    from mnist_data import DataError, load_mnist
 
     console = Console()
     try:

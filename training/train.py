@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_data import Mnist
 from training.architectures import Variant, build_model
 from training.complexity import complexity_summary
-from training.data import Mnist
 from training.savedmodel import save_serving_model
 
 METRICS_FILE = "metrics.json"

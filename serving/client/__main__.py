@@ -95,7 +95,7 @@ def _load_file(path: Path) -> np.ndarray:
 
 def _mnist_digits(indices: list[int]) -> list[_Named]:
     """The MNIST test images at ``indices``, each with its label."""
-    from training.data import DataError, load_mnist
+    from mnist_data import DataError, load_mnist
 
     try:
         mnist = load_mnist()
