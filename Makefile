@@ -141,4 +141,4 @@ soak: models/models.config
 	$(PY) -m loadtest.soak --models-dir models --minutes $(SOAK_MINUTES) --output reports $(SOAK_ARGS)
 
 audit: setup
-	$(PY) -m fuzz.audit
+	$(PY) -m tools.audit

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.audit import audit, describe, pinned_requirements
+from tools.audit import audit, describe, pinned_requirements
 
 
 def test_pinned_requirements_are_read_from_pyproject():

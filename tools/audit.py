@@ -136,7 +136,7 @@ def describe(label: str, total: int, result: AuditResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Audit the pinned and the installed sets; exit 0 clean, 1 vulnerable, 2 unreachable."""
-    parser = argparse.ArgumentParser(prog="python -m fuzz.audit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.audit", description=__doc__)
     parser.add_argument(
         "--pinned-only", action="store_true", help="audit pyproject's pins, not the environment"
     )
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not all(r.reachable for r in results.values()):
         print(
-            "python -m fuzz.audit: advisory data unreachable: NOT AUDITED (pip-audit queries "
+            "python -m tools.audit: advisory data unreachable: NOT AUDITED (pip-audit queries "
             "PyPI's JSON API per version; run where it is reachable)",
             file=sys.stderr,
         )
