@@ -24,14 +24,9 @@ from harness import ServerProcess
 
 
 def _server(config: Path, tree: Path, flags: list[str]) -> ServerProcess:
-    server = ServerProcess(config, flags)
-    # python -m serving, with the tree's packages first on the path.
-    bootstrap = (
-        f"import sys; sys.path.insert(0, {str(tree.resolve())!r}); "
-        "from serving.__main__ import main; sys.exit(main())"
-    )
-    server.command = [sys.executable, "-c", bootstrap, *server.command[3:]]
-    return server
+    # python -m serving run in the tree: the interpreter puts its working directory first on
+    # the path, so the tree's packages are the ones imported.
+    return ServerProcess(config, flags, cwd=tree.resolve())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,39 @@ def drive(
         "p50_ms": _percentile(latencies, 0.5) * 1e3,
         "p99_ms": _percentile(latencies, 0.99) * 1e3,
     }
+
+
+def write_batching_config(path: Path, max_batch_size: int, threads: int) -> Path:
+    """A ``--batching_parameters_file`` at ``path``: batches of at most ``max_batch_size``
+    rows, a 20 ms timeout, ``threads`` batch threads and a queue that never refuses."""
+    path.write_text(
+        f"max_batch_size {{ value: {max_batch_size} }} batch_timeout_micros {{ value: 20000 }} "
+        f"num_batch_threads {{ value: {threads} }} max_enqueued_batches {{ value: 1000 }}"
+    )
+    return path
+
+
+def server_rounds(
+    config: Path,
+    modes: Mapping[str, list[str]],
+    rounds: int,
+    measure: Callable[[ServerProcess], dict[str, float]],
+    on_round: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+) -> list[dict[str, dict[str, float]]]:
+    """``measure`` on a fresh server per mode (its extra flags), ``rounds`` times, the modes'
+    order reversed every other round so the machine's drift weighs on each mode alike; ratios
+    are then taken within a round. ``on_round`` sees each round as it ends."""
+    results: list[dict[str, dict[str, float]]] = []
+    for round_index in range(rounds):
+        order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
+        row: dict[str, dict[str, float]] = {}
+        for label in order:
+            with ServerProcess(config, modes[label]) as server:
+                row[label] = measure(server)
+        results.append(row)
+        if on_round is not None:
+            on_round(round_index, row)
+    return results
 
 
 def _phase_sums(rest_url: str, api: str) -> dict[str, tuple[float, float]]:
@@ -530,26 +563,23 @@ def _tf_batching(run: _Run) -> None:
     # batch runs, the other fills (with all 32 in one batch, the model and the event loop
     # take turns): 2.13x against 2.01x, 4 alternating rounds (results/cpu-2core/
     # data-plane-2026-11-30c/tf-batching-16-vs-32.txt).
-    batching_file.write_text(
-        "max_batch_size { value: 16 } batch_timeout_micros { value: 20000 } "
-        f"num_batch_threads {{ value: {threads} }} max_enqueued_batches {{ value: 1000 }}"
-    )
+    write_batching_config(batching_file, 16, threads)
     modes = {
-        "off": [],
-        "on": ["--enable_batching", f"--batching_parameters_file={batching_file}"],
+        "off": ["--runtime=tensorflow"],
+        "on": [
+            "--runtime=tensorflow",
+            "--enable_batching",
+            f"--batching_parameters_file={batching_file}",
+        ],
     }
     # Rounds alternate the order (off on, on off, ...); the ratio is taken per round, the
     # median over rounds reported.
-    batching_rounds: list[dict[str, dict[str, float]]] = []
-    for round_index in range(args.rounds):
-        row_batching: dict[str, dict[str, float]] = {}
-        order = ("off", "on") if round_index % 2 == 0 else ("on", "off")
-        for label in order:
-            with ServerProcess(run.config, ["--runtime=tensorflow", *modes[label]]) as server:
-                row_batching[label] = drive(
-                    "grpc", server.grpc_target, model, 1, 32, d, processes=2
-                )
-        batching_rounds.append(row_batching)
+    batching_rounds = server_rounds(
+        run.config,
+        modes,
+        args.rounds,
+        lambda server: drive("grpc", server.grpc_target, model, 1, 32, d, processes=2),
+    )
     batching_ratios = [r["on"]["rps"] / r["off"]["rps"] for r in batching_rounds]
     ratio = statistics.median(batching_ratios)
     run.figures["tf_batching"] = {

@@ -50,7 +50,9 @@ def wait_until_serving(target: str, timeout_s: float, service: str = "") -> floa
 class ServerProcess:
     """``python -m serving`` on free loopback ports; a context manager that waits for health.
 
-    ``args`` are extra server flags (``--runtime onnx``, ``--enable_batching``...).
+    ``args`` are extra server flags (``--runtime onnx``, ``--enable_batching``...); ``cwd`` is
+    the directory the server runs in, and ``python -m serving`` imports the packages found there
+    first (benchmarks.ab_trees runs another source tree's server that way).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ServerProcess:
         startup_timeout_s: float = 120.0,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.host = host
         self.grpc_port = free_port(host)
@@ -79,6 +82,7 @@ class ServerProcess:
         self.startup_timeout_s = startup_timeout_s
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         self._own_log: IO[bytes] | None = None
         self.startup_seconds = 0.0
@@ -106,7 +110,9 @@ class ServerProcess:
             log_file = self.log_path
         start = time.monotonic()
         with open(log_file, "wb") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=log, cwd=self.cwd
+            )
         try:
             deadline = start + self.startup_timeout_s
             while True:

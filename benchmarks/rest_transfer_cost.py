@@ -2,11 +2,14 @@
 serving/transport/rest_api.py does (``readexactly(Content-Length)``) and answers ``{}``, driven
 one request at a time by an aiohttp client posting the benchmark's row-format bodies.
 
-    python results/cpu-2core/data-plane-2026-11-30d/rest_transfer_cost.py [--requests 400]
+    python -m benchmarks.rest_transfer_cost [--requests 400] [--images 1,32]
 
-Run from the repository root (it imports benchmarks and serving). Prints, per body, the
-client's p50 round trip and the server's median time in the read (wall and thread CPU): the part
-of a REST request that no decoder change can remove.
+Prints, per body, the client's p50 round trip and the server's median time in the read (wall
+and thread CPU): the part of a REST request that no decoder change can remove.
+
+Produced results/cpu-2core/data-plane-2026-11-30d/rest-transfer-cost.txt as commit 24ef766's
+script there; since 3fc467c the body comes from ``benchmarks.serving.rest_row_body`` (the same
+bytes) and the port from the harness (results/README.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import multiprocessing as mp
 import socket
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -24,10 +26,8 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-sys.path.insert(0, ".")
-
 from benchmarks.serving import rest_row_body
-from serving.process import free_port
+from harness import free_port
 
 
 def _serve(port: int) -> None:
@@ -77,12 +77,14 @@ async def _drive(port: int, images: int, requests: int) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Start the server process, drive each body, print the figures."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.rest_transfer_cost", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--images", default="1,32")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     port = free_port()
     server = mp.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
     server.start()

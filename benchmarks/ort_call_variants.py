@@ -2,26 +2,27 @@
 The ways onnxruntime's Python API offers to run the separable model on one image, timed in
 alternating rounds on a one-thread session like the server's small-batch session.
 
-    python results/cpu-2core/data-plane-2026-11-30d/ort_call_variants.py MODEL_ONNX
+    python -m benchmarks.ort_call_variants MODEL_ONNX [--rounds 6] [--calls 3000]
 
 ``iobinding, outputs bound per call`` is what a server must do (every answer needs buffers of
 its own); ``iobinding, outputs bound once`` reuses one pair of output arrays for every call,
-which a server with requests in flight on several threads cannot do safely. Run from the
-repository root (it imports benchmarks).
+which a server with requests in flight on several threads cannot do safely.
+
+Produced results/cpu-2core/data-plane-2026-11-30d/ort-call-variants.txt with the timing loop of
+commit 24ef766 (it was then a script there, with its own loop); since f1bf007 the loop is
+``benchmarks.rest_decode_floor.alternating_rounds``, which adds one untimed call per step and
+round (results/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-
-sys.path.insert(0, ".")
 
 from benchmarks.rest_decode_floor import alternating_rounds
 
@@ -79,16 +80,19 @@ def variants(path: str) -> dict[str, Callable[[], Any]]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print each variant's median µs per call over the rounds."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.ort_call_variants", description=__doc__.splitlines()[0]
+    )
     p.add_argument("model", help="model.onnx of the separable model")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--calls", type=int, default=3000)
-    args = p.parse_args()
+    p.add_argument("--warmup", type=int, default=300, help="untimed calls of each variant")
+    args = p.parse_args(argv)
     calls = variants(args.model)
     for call in calls.values():  # warm-up
-        for _ in range(300):
+        for _ in range(args.warmup):
             call()
     timings = alternating_rounds(calls, args.rounds, args.calls)
     for name, values in timings.items():
