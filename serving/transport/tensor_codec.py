@@ -128,20 +128,7 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
     dims = shape_of(proto, name, max_bytes)
     elements = math.prod(dims)
     content = proto.tensor_content
-    if len(content) <= _LIST_FIELDS_MAX_BYTES:
-        # One C call naming the set fields (2.3 µs against 4.0 for a 1-image request)...
-        fields = proto.ListFields()
-        # ...in field-number order: tensor_content last means no typed field (all numbered
-        # after it) is set, the usual request, without naming each field.
-        typed_fields = (
-            []
-            if content and fields[-1][0].number == _CONTENT_FIELD_NUMBER
-            else [f.name for f, _ in fields if f.name in _TYPED_FIELD_SET]
-        )
-    else:
-        # ...but ListFields copies tensor_content (a 256-image request: 800 KB, ~0.5 ms with
-        # page faults) just to name it, where len() of each repeated field copies nothing.
-        typed_fields = [field for field in _TYPED_FIELDS if len(getattr(proto, field))]
+    typed_fields = _typed_fields_set(proto, content)
     if content:
         if typed_fields:
             raise invalid_argument(
@@ -159,6 +146,33 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str, max_bytes: int) -> np.nda
             f"input '{name}' is {dtype_name(proto.dtype)} but carries values in "
             f"{', '.join(typed_fields)} (expected {typed_field})"
         )
+    return _from_typed_field(proto, name, dtype, typed_field, dims, elements)
+
+
+def _typed_fields_set(proto: tensor_pb2.TensorProto, content: bytes) -> list[str]:
+    """The names of the typed value fields (``float_val``...) that ``proto`` sets."""
+    if len(content) <= _LIST_FIELDS_MAX_BYTES:
+        # One C call naming the set fields (2.3 µs against 4.0 for a 1-image request)...
+        fields = proto.ListFields()
+        # ...in field-number order: tensor_content last means no typed field (all numbered
+        # after it) is set, the usual request, without naming each field.
+        if content and fields[-1][0].number == _CONTENT_FIELD_NUMBER:
+            return []
+        return [f.name for f, _ in fields if f.name in _TYPED_FIELD_SET]
+    # ...but ListFields copies tensor_content (a 256-image request: 800 KB, ~0.5 ms with
+    # page faults) just to name it, where len() of each repeated field copies nothing.
+    return [field for field in _TYPED_FIELDS if len(getattr(proto, field))]
+
+
+def _from_typed_field(
+    proto: tensor_pb2.TensorProto,
+    name: str,
+    dtype: np.dtype,
+    typed_field: str,
+    dims: tuple[int, ...],
+    elements: int,
+) -> np.ndarray:
+    """The array from the typed field's values: one per element, or one for the whole shape."""
     values = getattr(proto, typed_field)
     count = len(values)
     if count == elements:
