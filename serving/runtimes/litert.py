@@ -151,7 +151,7 @@ def delegation_summary(interpreter: Any) -> DelegationSummary:
     inputs and outputs are the partition's boundary tensors; the operators it replaced are those
     between them (walked back from each partition's outputs).
     """
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only view of the node list
+    ops = interpreter._get_ops_details()  # the only view of the node list from Python
     original = [op for op in ops if op["op_name"] != "DELEGATE"]
     producer = {int(t): op for op in original for t in op["outputs"]}
     covered: set[int] = set()
