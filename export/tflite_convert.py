@@ -20,7 +20,7 @@ def convert_saved_model_to_tflite(saved_model_dir: Path, output_path: Path) -> i
     signature = loaded.signatures[SIGNATURE_NAME]
     converter = tf.lite.TFLiteConverter.from_concrete_functions([signature], loaded)
     flatbuffer = converter.convert()
-    weight_bytes = sum(int(v.numpy().nbytes) for v in loaded.variables)
+    weight_bytes = sum(int(v.numpy().nbytes) for v in signature.variables)
     if len(flatbuffer) < weight_bytes:
         raise ValueError(
             f"the TFLite conversion wrote {len(flatbuffer):,} bytes for {weight_bytes:,} bytes of "
