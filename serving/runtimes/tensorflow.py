@@ -18,6 +18,16 @@ _threads_configured = threading.Lock()
 _threads_done = False
 
 
+def _size_pool(setter: Any, requested: int) -> None:
+    try:
+        setter(threads_or_cpu_count(requested))
+    except RuntimeError:
+        # TensorFlow already runs in this process (an export or a test before the runtime): its
+        # pools are fixed. Only a size the operator asked for is an error.
+        if requested:
+            raise
+
+
 def _configure_threads(options: RuntimeOptions) -> None:
     """TF's thread pools are process-wide and fixed at first use: set them once, up front."""
     global _threads_done  # noqa: PLW0603 - process-wide TF state, set once
@@ -29,12 +39,8 @@ def _configure_threads(options: RuntimeOptions) -> None:
         # Both pools sized from the process's CPU set, explicitly: TF sets no thread affinity
         # (tests/test_runtime_threads.py), and explicit sizes follow the CPU set whatever TF's
         # own default counts.
-        tf.config.threading.set_intra_op_parallelism_threads(
-            threads_or_cpu_count(options.intra_op_threads)
-        )
-        tf.config.threading.set_inter_op_parallelism_threads(
-            threads_or_cpu_count(options.inter_op_threads)
-        )
+        _size_pool(tf.config.threading.set_intra_op_parallelism_threads, options.intra_op_threads)
+        _size_pool(tf.config.threading.set_inter_op_parallelism_threads, options.inter_op_threads)
         if options.device != "cuda":
             tf.config.set_visible_devices([], "GPU")
         _threads_done = True
