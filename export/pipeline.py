@@ -15,6 +15,7 @@ from contract import (
     EXPORT_REPORT_FILENAME,
     MODEL_NAMES,
     ONNX_FILENAME,
+    TFLITE_FILENAME,
     WARMUP_RELATIVE_PATH,
 )
 
@@ -59,8 +60,9 @@ def export_repository(
     import numpy as np
 
     from export.onnx_convert import DEFAULT_OPSET, convert_saved_model
-    from export.parity import check_parity
+    from export.parity import check_parity, check_tflite_parity
     from export.repository import write_models_config, write_triton_config, write_version
+    from export.tflite_convert import convert_saved_model_to_tflite
     from export.warmup import write_warmup_file
     from mnist_data import DataError, load_mnist
     from training.train import SAVED_MODEL_DIR, preprocess
@@ -96,6 +98,15 @@ def export_repository(
                     f"max |Δprobability| {parity.max_abs_diff:.2e} (limit 1e-5), "
                     f"{parity.class_mismatches} different classes. Version not published."
                 )
+            convert_saved_model_to_tflite(staging, staging / TFLITE_FILENAME)
+            tflite = check_tflite_parity(staging, test_images, test_labels)
+            parity_holder["tflite"] = tflite
+            if not tflite.passed:
+                raise ExportError(
+                    f"{name}: TF and LiteRT disagree on {tflite.images} test images: "
+                    f"max |Δprobability| {tflite.max_abs_diff:.2e} (limit 1e-5), "
+                    f"{tflite.class_mismatches} different classes. Version not published."
+                )
 
         log(f"exporting {name} from {run_dir}")
         version = write_version(output / name, populate)
@@ -109,6 +120,7 @@ def export_repository(
             "macs": metrics["macs"],
             "test_accuracy_keras": metrics["test_accuracy"],
             "parity": parity_holder["result"].as_dict(),
+            "tflite_parity": parity_holder["tflite"].as_dict(),
         }
     config_path = write_models_config(output, names, config_base_path)
     report["models_config"] = str(config_path)
@@ -118,11 +130,12 @@ def export_repository(
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     """The parity table: one row per exported model."""
-    table = Table(title="export: TensorFlow vs ONNX Runtime")
-    for column in ("model", "version", "opset", "images", "max |Δp|", "class diffs", "accuracy"):
+    table = Table(title="export: TensorFlow vs ONNX Runtime and LiteRT")
+    columns = ("model", "version", "opset", "images", "max |Δp|", "class diffs", "accuracy")
+    for column in (*columns, "tflite |Δp|", "tflite diffs", "tflite KB"):
         table.add_column(column, justify="right" if column != "model" else "left")
     for name, entry in report["models"].items():
-        parity = entry["parity"]
+        parity, tflite = entry["parity"], entry["tflite_parity"]
         table.add_row(
             name,
             str(entry["version"]),
@@ -131,6 +144,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"{parity['max_abs_diff']:.2e}",
             str(parity["class_mismatches"]),
             f"{parity['onnx_accuracy']:.4f}",
+            f"{tflite['max_abs_diff']:.2e}",
+            str(tflite["class_mismatches"]),
+            f"{tflite['tflite_bytes'] / 1024:,.0f}",
         )
     console.print(table)
     console.print(f"models.config: {report['models_config']}")

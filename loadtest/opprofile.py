@@ -238,9 +238,10 @@ def profile_model(
     return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
 
 
-# oneDNN builds (AVX-512 machines) rename TensorFlow's CPU kernels: `_MklNativeDepthwiseConv2dNative`,
-# `_MklNativeFusedConv2D`, `_MklFusedMatMul`, `_MklNativeMaxPool`, `_MklSoftmax`; grappler's
-# fusions add `_Fused`/`Fused`. Strip those prefixes and classify what remains.
+# oneDNN builds (AVX-512 machines) rename TensorFlow's CPU kernels:
+# `_MklNativeDepthwiseConv2dNative`, `_MklNativeFusedConv2D`, `_MklFusedMatMul`,
+# `_MklNativeMaxPool`, `_MklSoftmax`; grappler's fusions add `_Fused`/`Fused`. Strip those
+# prefixes and classify what remains.
 _TF_KERNEL_PREFIXES = ("_MklNative", "_Mkl", "_Fused", "Fused", "_")
 _TF_POOLING = ("MaxPool", "AvgPool", "MaxPoolV2", "AvgPoolV2")
 

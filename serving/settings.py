@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from serving.config_protos import BatchingParameters, SSLConfig, parse_text
+from serving.runtimes.cpuset import cpu_count
 
 
 class SettingsError(ValueError):
@@ -33,7 +34,7 @@ class BatchingSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     batch_timeout_micros: int = Field(1000, ge=0)
     max_enqueued_batches: int = Field(100, ge=1)
-    num_batch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    num_batch_threads: int = Field(default_factory=cpu_count, ge=1)
     allowed_batch_sizes: tuple[int, ...] = ()
 
     @model_validator(mode="after")
@@ -246,13 +247,15 @@ class Settings(BaseModel):
         FromArgs(lambda args: _batching(args.batching_parameters_file)),
     ] = Field(BatchingSettings(), description="BatchingParameters text proto")
     tensorflow_intra_op_parallelism: Annotated[int, Flag()] = Field(
-        0, ge=0, description="0 = library default"
+        0, ge=0, description="inference threads per call; 0 = one per CPU of the process's CPU set"
     )
     tensorflow_inter_op_parallelism: Annotated[int, Flag()] = Field(
-        0, ge=0, description="0 = library default"
+        0,
+        ge=0,
+        description="0 = one per CPU of the process's CPU set; openvino: its streams (0 = 1)",
     )
     grpc_max_threads: Annotated[int, Flag()] = Field(
-        0, ge=0, description="inference threads; 0 = one per core"
+        0, ge=0, description="inference threads; 0 = one per CPU of the process's CPU set"
     )
     inline_max_rows: Annotated[int, Flag(ours=True)] = Field(
         -1,
@@ -267,9 +270,12 @@ class Settings(BaseModel):
     enable_model_warmup: Annotated[bool, Flag()] = Field(
         True, description="replay the version's assets.extra/tf_serving_warmup_requests"
     )
-    runtime: Annotated[Literal["onnx", "tensorflow", "torch"], Flag(ours=True)] = Field(
+    runtime: Annotated[
+        Literal["onnx", "tensorflow", "torch", "openvino", "litert"], Flag(ours=True)
+    ] = Field(
         "onnx",
-        description="onnx (model.onnx), tensorflow (SavedModel) or torch (model.onnx in PyTorch)",
+        description="onnx (model.onnx), tensorflow (SavedModel), torch (model.onnx in PyTorch), "
+        "openvino (model.onnx in OpenVINO, f32) or litert (model.tflite, XNNPACK)",
     )
     device: Annotated[Literal["cpu", "cuda"], Flag(ours=True)] = Field(
         "cpu", description="cpu or cuda"
@@ -330,8 +336,9 @@ class Settings(BaseModel):
 
     @property
     def inference_threads(self) -> int:
-        """Threads that run inference (``--grpc_max_threads``, default: one per core)."""
-        return self.grpc_max_threads or (os.cpu_count() or 1)
+        """Threads that run inference (``--grpc_max_threads``, default: one per CPU of the
+        process's CPU set)."""
+        return self.grpc_max_threads or cpu_count()
 
 
 def _field_flags(field: FieldInfo) -> tuple[list[Flag], FromArgs | None]:

@@ -31,7 +31,7 @@ K8S_MANIFESTS = sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomiza
 # The oldest Kubernetes with GA gRPC probes, and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 SERVER_TARGETS: dict[str, tuple[str, ...]] = {
-    "Dockerfile": ("onnx", "tensorflow", "onnx-models", "tensorflow-models"),
+    "Dockerfile": ("onnx", "onnx-openvino", "tensorflow", "onnx-models", "tensorflow-models"),
     "Dockerfile.gpu": ("gpu",),
 }
 NUMERIC_USER = "10001:10001"
@@ -160,7 +160,8 @@ def test_server_images_run_the_server_as_tf_serving_does(dockerfile, target):
     assert _flag(config.cmd, "port") == "8500"
     assert _flag(config.cmd, "rest_api_port") == "8501"
     runtime = _flag(config.cmd, "runtime")
-    assert runtime == ("tensorflow" if target.startswith("tensorflow") else "onnx")
+    expected = "tensorflow" if target.startswith("tensorflow") else "onnx"
+    assert runtime == {"onnx-openvino": "openvino"}.get(target, expected)
 
 
 def test_load_generator_image():
@@ -227,7 +228,8 @@ def _printed(args: list[str], capsys) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("dockerfile", "target"), [("Dockerfile", "onnx"), ("Dockerfile.gpu", "gpu")]
+    ("dockerfile", "target"),
+    [("Dockerfile", "onnx"), ("Dockerfile", "onnx-openvino"), ("Dockerfile.gpu", "gpu")],
 )
 def test_tensorflow_free_images_only_use_tensorflow_to_extract_protos(dockerfile, target, capsys):
     """TensorFlow reaches these images only through the proto-only wheel."""

@@ -23,6 +23,7 @@ from contract import (
     OUTPUT_CLASSES,
     OUTPUT_PROBABILITIES,
     SIGNATURE_NAME,
+    TFLITE_FILENAME,
     TRITON_CONFIG_FILENAME,
     WARMUP_RELATIVE_PATH,
 )
@@ -63,6 +64,7 @@ def test_repository_layout(exported_repository):
             WARMUP_RELATIVE_PATH,
             "assets.extra/training_metrics.json",
             ONNX_FILENAME,
+            TFLITE_FILENAME,
         ):
             assert (version / relative).is_file(), f"{name}/1/{relative}"
         assert (exported_repository / name / TRITON_CONFIG_FILENAME).is_file()
@@ -191,6 +193,16 @@ def test_parity_report(exported_repository, mnist):
         assert parity["onnx_accuracy"] == parity["tf_accuracy"]
         # Keras' evaluate() and the exported signature classify the same test set the same way.
         assert parity["tf_accuracy"] == pytest.approx(entry["test_accuracy_keras"], abs=1e-4)
+        tflite = entry["tflite_parity"]
+        assert tflite["images"] == 10_000 and tflite["passed"] is True
+        assert tflite["max_abs_diff"] <= 1e-5 and tflite["class_mismatches"] == 0
+        assert tflite["tflite_accuracy"] == parity["tf_accuracy"]
+        # The weights are in the file (from_saved_model would write 7.5 KB without them).
+        assert (
+            tflite["tflite_bytes"]
+            == (exported_repository / name / "1" / TFLITE_FILENAME).stat().st_size
+        )
+        assert tflite["tflite_bytes"] > 4 * expected[name][0]
     assert report["models"]["separable"]["parity"]["grouped_convs"] == [1, 1, 32, 1]
     assert report["models"]["standard"]["parity"]["grouped_convs"] == [1, 1]
     assert Path(report["models_config"]) == exported_repository / MODELS_CONFIG_FILENAME
@@ -260,6 +272,8 @@ def test_exporting_twice_adds_version_2_and_keeps_version_1(model_repository, tr
         assert old and {k: after[k] for k in old} == old  # version 1 byte-identical
         assert (model_dir / "2" / "saved_model.pb").is_file()
         assert (model_dir / "2" / ONNX_FILENAME).is_file()
+        assert (model_dir / "2" / TFLITE_FILENAME).is_file()
+        assert report["models"][name]["tflite_parity"]["passed"] is True
         assert (model_dir / "2" / WARMUP_RELATIVE_PATH).is_file()
         assert oct((model_dir / "2").stat().st_mode & 0o777) == oct(0o755)
     config = _parse_models_config(model_repository / MODELS_CONFIG_FILENAME)
@@ -290,6 +304,32 @@ def test_failing_parity_publishes_nothing(
     for name in MODEL_NAMES:
         assert sorted(p.name for p in (model_repository / name).iterdir() if p.is_dir()) == ["1"]
         assert _leftovers(model_repository / name) == []
+
+
+def test_failing_tflite_parity_publishes_nothing(
+    model_repository, trained_artifacts, tmp_path, monkeypatch, capsys
+):
+    from dataclasses import replace
+
+    import export.parity
+    from export.__main__ import main
+
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "standard").symlink_to(trained_artifacts / "standard", target_is_directory=True)
+    before = _hashes(model_repository)
+    real = export.parity.check_tflite_parity
+
+    def disagreeing(*args, **kwargs):
+        return replace(real(*args, **kwargs), class_mismatches=3)
+
+    monkeypatch.setattr(export.parity, "check_tflite_parity", disagreeing)
+    args = ["--artifacts", str(artifacts), "--output", str(model_repository)]
+    assert main([*args, "--parity-images", "200"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("export failed: standard: TF and LiteRT disagree on 200 test images")
+    assert "3 different classes" in err and err.endswith("Version not published.")
+    assert _hashes(model_repository) == before
 
 
 def test_staging_failure_leaves_no_debris(tmp_path):

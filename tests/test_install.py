@@ -126,6 +126,8 @@ def test_extras_hold_what_the_readme_says():
     assert names["tensorflow"] == {"tensorflow", "keras", "tf2onnx", "tensorflow-serving-api"}
     assert names["torch"] == {"torch", "onnx2torch"}
     assert names["loadtest"] == {"locust", "hdrhistogram", "matplotlib"}
+    assert names["openvino"] == {"openvino"}
+    assert names["litert"] == {"ai-edge-litert"}
     assert not (names["dev"] | names["loadtest"]) & (TENSORFLOW | {"torch"})
 
 
@@ -220,7 +222,7 @@ def test_setup_is_up_to_date_and_torch_is_opt_in(checkout):
         rf"pip install --quiet --index-url {CPU_INDEX}\s*\\?\s*-r \.venv/requirements-torch", torch
     )
     assert "--no-deps -r .venv/requirements-onnx2torch.txt" in torch
-    assert "-e '.[tensorflow,loadtest,dev]'" not in torch  # the base stays as it is
+    assert "-e '.[tensorflow,loadtest,dev,openvino,litert]'" not in torch  # the base stays as it is
     # TORCH_INDEX_URL= resolves torch from pip's own configured indexes (CI's local wheel).
     local = _make(checkout, "setup", "WITH_TORCH=1", "TORCH_INDEX_URL=")
     assert "--index-url" not in local
@@ -232,7 +234,7 @@ def test_setup_is_up_to_date_and_torch_is_opt_in(checkout):
 def test_setup_redone_when_a_pin_changes(checkout, pins):
     _age(checkout / pins, 0)
     commands = _make(checkout, "setup")
-    assert "-e '.[tensorflow,loadtest,dev]'" in commands
+    assert "-e '.[tensorflow,loadtest,dev,openvino,litert]'" in commands
     assert "--no-deps -r .venv/requirements-no-deps.txt" in commands
     assert "torch" not in commands
 

@@ -84,3 +84,13 @@ class Runtime(abc.ABC):
     def describe(self) -> dict[str, str]:
         """A few facts for logs and reports (providers, device, library version)."""
         return {"runtime": self.kind}
+
+
+def empty_outputs(signature: Signature, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Zero-row outputs shaped by ``signature``: for runtimes that cannot run an empty batch
+    (OpenVINO answers one row for it; XNNPACK is not asked)."""
+    result = {}
+    for name in names:
+        spec = signature.outputs[name]
+        result[name] = np.zeros((0, *(max(d, 0) for d in spec.shape[1:])), spec.dtype)
+    return result

@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from contract import ONNX_FILENAME, SIGNATURE_NAME
 from serving.runtimes.base import Runtime, RuntimeLoadError, RuntimeOptions, Signature, TensorSpec
+from serving.runtimes.cpuset import threads_or_cpu_count
 
 _ONNX_TYPES = {
     "tensor(float)": np.float32,
@@ -52,13 +53,18 @@ class OnnxRuntime(Runtime):
                     f"(available: {available}); install onnxruntime-gpu"
                 )
             providers.insert(0, "CUDAExecutionProvider")
+        # Never intra_op_num_threads = 0: ORT's default pool pins each of its threads to one core
+        # of the machine, outside the CPU set the process was given. In a process pinned to CPU 0
+        # of 2 (standard model, batch 32) its worker ran pinned to CPU 1 (/proc Cpus_allowed_list);
+        # an explicit count makes no affinity calls, and every thread inherits the process's set.
+        self.intra_op_threads = threads_or_cpu_count(options.intra_op_threads)
         try:
-            self._session = self._open(path, options.intra_op_threads, providers)
+            self._session = self._open(path, self.intra_op_threads, providers)
             # On CPU with several intra-op threads, small requests get their own 1-thread
             # session (same model, a few hundred KB more memory).
             self._small_session = (
                 self._open(path, 1, providers)
-                if options.device == "cpu" and options.intra_op_threads != 1
+                if options.device == "cpu" and self.intra_op_threads != 1
                 else self._session
             )
         except Exception as exc:
@@ -75,7 +81,9 @@ class OnnxRuntime(Runtime):
     ) -> ort.InferenceSession:
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = intra_op_threads
-        session_options.inter_op_num_threads = self.options.inter_op_threads
+        # The inter-op pool exists only in parallel execution mode; sized explicitly all the same,
+        # as its default would pin its threads like the intra-op one.
+        session_options.inter_op_num_threads = threads_or_cpu_count(self.options.inter_op_threads)
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads spin for a while by default: on a server sharing cores with the
         # network stack (and here with the load generator) that burns the CPU requests need.
@@ -107,4 +115,5 @@ class OnnxRuntime(Runtime):
             "runtime": self.kind,
             "onnxruntime": ort.__version__,
             "providers": ",".join(self._session.get_providers()),
+            "intra_op_threads": str(self.intra_op_threads),
         }

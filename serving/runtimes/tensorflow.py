@@ -12,9 +12,20 @@ import numpy as np
 from contract import SAVED_MODEL_FILENAME
 from contract.protos import import_real_tensorflow
 from serving.runtimes.base import Runtime, RuntimeLoadError, RuntimeOptions, Signature, TensorSpec
+from serving.runtimes.cpuset import threads_or_cpu_count
 
 _threads_configured = threading.Lock()
 _threads_done = False
+
+
+def _size_pool(setter: Any, requested: int) -> None:
+    try:
+        setter(threads_or_cpu_count(requested))
+    except RuntimeError:
+        # TensorFlow already runs in this process (an export or a test before the runtime): its
+        # pools are fixed. Only a size the operator asked for is an error.
+        if requested:
+            raise
 
 
 def _configure_threads(options: RuntimeOptions) -> None:
@@ -25,10 +36,11 @@ def _configure_threads(options: RuntimeOptions) -> None:
     with _threads_configured:
         if _threads_done:
             return
-        if options.intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(options.intra_op_threads)
-        if options.inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(options.inter_op_threads)
+        # Both pools sized from the process's CPU set, explicitly: TF sets no thread affinity
+        # (tests/test_runtime_threads.py), and explicit sizes follow the CPU set whatever TF's
+        # own default counts.
+        _size_pool(tf.config.threading.set_intra_op_parallelism_threads, options.intra_op_threads)
+        _size_pool(tf.config.threading.set_inter_op_parallelism_threads, options.inter_op_threads)
         if options.device != "cuda":
             tf.config.set_visible_devices([], "GPU")
         _threads_done = True

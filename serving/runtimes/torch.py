@@ -18,6 +18,7 @@ from torch import nn
 
 from contract import ONNX_FILENAME, SIGNATURE_NAME
 from serving.runtimes.base import Runtime, RuntimeLoadError, RuntimeOptions, Signature, TensorSpec
+from serving.runtimes.cpuset import threads_or_cpu_count
 from serving.runtimes.onnx_torch_converters import ConvertedModel, convert_model, onnx2torch_version
 
 # Captured on CUDA when the server gives no batch sizes: powers of two cover what a batcher makes.
@@ -219,8 +220,9 @@ class TorchRuntime(Runtime):
         super().__init__(version_dir, options)
         path = self.model_file(ONNX_FILENAME)
         device = resolve_device(options.device)
-        if options.intra_op_threads > 0:
-            torch.set_num_threads(options.intra_op_threads)  # process-wide, like the server's flag
+        # Process-wide, like the server's flag; by default one per CPU of the process's CPU set
+        # (libgomp binds no thread unless OMP_PROC_BIND asks it to).
+        torch.set_num_threads(threads_or_cpu_count(options.intra_op_threads))
         if device == "cuda":
             # Let cuDNN time its kernels once per shape, and keep fp32 exact (no TF32) so answers
             # match the other runtimes; both settings are process-wide.
