@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args(argv)
-    from training.data import load_mnist
+    from mnist_data import load_mnist
 
     images = (load_mnist().x_test.astype(np.float32) / 255.0)[..., None]
     result: dict[str, Any] = {"cpus": sorted(allowed_cpus())}

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from harness import ServerProcess
 from serving.client import ServingClient
-from serving.process import ServerProcess
 from serving.runtimes import RUNTIME_KINDS
 from serving.runtimes.cpuset import (
     allowed_cpus,

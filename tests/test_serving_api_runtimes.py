@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from contract import INPUT_NAME, MODEL_NAMES, SIGNATURE_NAME
+from harness import ServerProcess
 from serving.client import ServingClient
-from serving.process import ServerProcess
 from serving.runtimes import RuntimeLoadError, RuntimeOptions, load_runtime
 from tests.conftest import copy_repository
 from tests.test_serving_api import (  # noqa: F401 - collected here against each runtime's server
