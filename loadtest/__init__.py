@@ -3,7 +3,7 @@
 - ``loadtest/locustfile.py``: Locust users for TF Serving's gRPC ``Predict`` and REST ``:predict``,
   latency in microsecond HDR histograms merged across worker processes.
 - ``python -m loadtest``: the sweep over runtimes x models x batch sizes x concurrency x protocols,
-  plus the in-process floor (``loadtest.sweep``, ``loadtest.inprocess``).
+  plus the in-process floor (``loadtest.run.sweep``, ``loadtest.run.floor``).
 - ``python -m loadtest.report``: ``report.md`` with tables, plots and a verdict from saved results,
   and ``--compare`` of two runs.
 """

@@ -16,7 +16,7 @@ base URL is Locust's own ``--host`` (``LOCUST_HOST``), default ``http://127.0.0.
 becomes its own Locust user class (``Predict_<model>_<protocol>_b<batch>``, equal weights), so the
 users are split equally between them, all run in the same time window against the same server,
 and each has its own row in Locust's statistics (type = protocol, name = ``<model> batch=<n>``).
-The web UI gets an "HDR comparison" tab (:mod:`loadtest.webui`) with the microsecond percentiles
+The web UI gets an "HDR comparison" tab (:mod:`loadtest.record.webui`) with the microsecond percentiles
 per combination and the separable ÷ standard ratios; headless runs print the same table at the end.
 
 Each user keeps one request in flight (no wait time), so ``-u`` is the concurrency. Latencies are
@@ -53,8 +53,8 @@ from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRu
 
 from contract import MODEL_NAMES  # noqa: E402
 from contract.cli import non_negative_int, positive_int  # noqa: E402
-from loadtest import payload, webui  # noqa: E402
-from loadtest.recorder import (  # noqa: E402
+from loadtest.record import payload, webui  # noqa: E402
+from loadtest.record.recorder import (  # noqa: E402
     SNAPSHOT_KEY,
     Recorder,
     key_string,
@@ -567,7 +567,7 @@ def _on_worker_test_stop(environment: Environment, **_: Any) -> None:
     target = getattr(environment.parsed_options, "hdr_output", "")
     if isinstance(environment.runner, WorkerRunner) and target:
         # Our final numbers also go to a file: the master may quit before our last report lands
-        # (read back with loadtest.recorder.read_run_output). Remote workers may lack the path.
+        # (read back with loadtest.record.recorder.read_run_output). Remote workers may lack the path.
         try:
             write_json_atomically(
                 worker_output_path(Path(target), os.getpid()), RECORDER.snapshot()

@@ -20,9 +20,9 @@ from hdrh.histogram import HdrHistogram
 from locust import events
 from locust.env import Environment
 
-from loadtest import hdr
 from loadtest import locustfile as base  # gevent-enabled gRPC, arguments, clients, HDR results
-from loadtest.recorder import write_json_atomically
+from loadtest.record import hdr
+from loadtest.record.recorder import write_json_atomically
 
 RATE = float(os.environ.get("SOAK_RATE", "0"))
 WINDOW_S = float(os.environ.get("SOAK_WINDOW_S", "60"))

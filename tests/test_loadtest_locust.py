@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import hdr
-from loadtest.inprocess import measure_runtime
-from loadtest.recorder import read_run_output
-from loadtest.results import COLUMNS
-from loadtest.sweep import LOCUSTFILE
+from loadtest.cells import COLUMNS
+from loadtest.record import hdr
+from loadtest.record.recorder import read_run_output
+from loadtest.run.floor import measure_runtime
+from loadtest.run.locust import LOCUSTFILE
 from serving.process import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)

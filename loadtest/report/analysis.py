@@ -25,6 +25,7 @@ from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
+from loadtest.cells import IN_PROCESS_PROTOCOL, SERVER_PHASES, Row, sample_key
 from loadtest.report.data import (
     SEPARABLE,
     STANDARD,
@@ -37,7 +38,6 @@ from loadtest.report.data import (
     num,
     saturated_cells,
 )
-from loadtest.results import IN_PROCESS_PROTOCOL, SERVER_PHASES, Row, sample_key
 
 RATIOS_CSV = "ratios.csv"
 BOOTSTRAP_RESAMPLES = 2000

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest.cells import Row
 from loadtest.flops import macs_ratio
 from loadtest.report.analysis import Speedup, compute_ratios, fmt_interval, profiles, speedups
 from loadtest.report.data import (
@@ -22,7 +23,6 @@ from loadtest.report.data import (
 from loadtest.report.plots import pyplot
 from loadtest.report.rendering import md_table
 from loadtest.report.verdict import verdict
-from loadtest.results import Row
 
 COMPARE_NAME = "compare.md"
 

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from loadtest.flops import REFERENCE_COSTS
-from loadtest.opprofile import OPPROFILE_CSV, OpRow, read_opprofile
-from loadtest.results import (
+from loadtest.cells import (
     COLUMNS,
     IN_PROCESS_PROTOCOL,
     STR_COLUMNS,
@@ -26,6 +24,8 @@ from loadtest.results import (
     read_results,
     sample_key,
 )
+from loadtest.flops import REFERENCE_COSTS
+from loadtest.run.opprofile import OPPROFILE_CSV, OpRow, read_opprofile
 
 STANDARD, SEPARABLE = "standard", "separable"
 MODEL_COLORS = {STANDARD: "#1f77b4", SEPARABLE: "#d62728"}

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest.cells import IN_PROCESS_PROTOCOL, Row
 from loadtest.report.analysis import Breakdown, KindShare, Overhead, Speedup
 from loadtest.report.data import (
     MODEL_COLORS,
@@ -18,7 +19,6 @@ from loadtest.report.data import (
     num,
     protocol_name,
 )
-from loadtest.results import IN_PROCESS_PROTOCOL, Row
 
 
 def best_cell(

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.cells import IN_PROCESS_PROTOCOL, Row
 from loadtest.flops import macs_ratio
 from loadtest.report.analysis import (
     BOOTSTRAP_RESAMPLES,
@@ -54,7 +55,6 @@ from loadtest.report.plots import (
     plot_throughput_vs_batch,
 )
 from loadtest.report.verdict import verdict
-from loadtest.results import IN_PROCESS_PROTOCOL, Row
 
 REPORT_NAME = "report.md"
 

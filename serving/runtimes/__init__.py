@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contract import RUNTIMES
 from serving.runtimes.base import (
     Runtime,
     RuntimeLoadError,
@@ -15,7 +16,7 @@ from serving.runtimes.base import (
     TensorSpec,
 )
 
-RUNTIME_KINDS: tuple[str, ...] = ("onnx", "tensorflow", "torch")
+RUNTIME_KINDS: tuple[str, ...] = RUNTIMES  # one list for server and load tests (contract)
 
 __all__ = [
     "RUNTIME_KINDS",

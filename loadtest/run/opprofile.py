@@ -1,6 +1,6 @@
 """Per-operator profile: where each model's time goes, by layer kind, and the MAC rate achieved.
 
-``python -m loadtest.opprofile`` runs a model with ONNX Runtime's own profiler
+``python -m loadtest.run.opprofile`` runs a model with ONNX Runtime's own profiler
 (``SessionOptions.enable_profiling``), reads back the JSON trace it writes, and sums the kernel
 time of every node per layer kind: ``standard conv``, ``depthwise``, ``pointwise``, ``dense``,
 ``pooling`` and ``rest`` (reshapes, layout reorders, softmax, argmax...), plus ``call overhead``:
@@ -40,7 +40,7 @@ from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
-from loadtest.cpu import pin_from_flag
+from loadtest.run.cpu import pin_from_flag
 
 PROFILED_RUNTIMES = ("onnx", "tensorflow")
 DEFAULT_BATCH_SIZES = (1, 32, 256)
@@ -238,9 +238,10 @@ def profile_model(
     return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
 
 
-# oneDNN builds (AVX-512 machines) rename TensorFlow's CPU kernels: `_MklNativeDepthwiseConv2dNative`,
-# `_MklNativeFusedConv2D`, `_MklFusedMatMul`, `_MklNativeMaxPool`, `_MklSoftmax`; grappler's
-# fusions add `_Fused`/`Fused`. Strip those prefixes and classify what remains.
+# oneDNN builds (AVX-512 machines) rename TensorFlow's CPU kernels:
+# `_MklNativeDepthwiseConv2dNative`, `_MklNativeFusedConv2D`, `_MklFusedMatMul`,
+# `_MklNativeMaxPool`, `_MklSoftmax`; grappler's fusions add `_Fused`/`Fused`.
+# Strip those prefixes and classify what remains.
 _TF_KERNEL_PREFIXES = ("_MklNative", "_Mkl", "_Fused", "Fused", "_")
 _TF_POOLING = ("MaxPool", "AvgPool", "MaxPoolV2", "AvgPoolV2")
 
@@ -362,7 +363,7 @@ def profile_rows(
 ) -> list[OpRow]:
     """Profile every model at every batch size; rows for ``opprofile.csv``."""
     from contract import ONNX_FILENAME
-    from loadtest.inprocess import latest_version_dir
+    from loadtest.run.floor import latest_version_dir
 
     if runtime not in PROFILED_RUNTIMES:
         raise ValueError(f"no per-operator profiler for runtime {runtime!r}")
@@ -430,9 +431,9 @@ def read_opprofile(path: Path) -> list[OpRow]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.opprofile``: profile one runtime's models, append to a CSV."""
+    """``python -m loadtest.run.opprofile``: profile one runtime's models, append to a CSV."""
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.opprofile",
+        prog="python -m loadtest.run.opprofile",
         description="Per-operator profile (time and MACs per layer kind) of the exported models.",
     )
     parser.add_argument("--runtime", default="onnx", choices=PROFILED_RUNTIMES)

@@ -21,7 +21,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadtest import hdr
+from loadtest.record import hdr
 
 SNAPSHOT_KEY = "loadtest_hdr"  # our entry in the data dict of Locust's worker reports
 

@@ -1,9 +1,10 @@
 """The "HDR comparison" tab of Locust's web UI, and the same table for headless runs.
 
 Locust keeps response times in whole milliseconds, so at batch 1 both models read "2 ms". This
-module turns the merged microsecond HDR results of :func:`loadtest.recorder.merge_snapshots` into
-one row per (model, protocol, batch size) plus, where both models ran, a "separable ÷ standard"
-row next to the MAC ratio, and hangs it into Locust's web UI the way Locust supports extending it
+module turns the merged microsecond HDR results of
+:func:`loadtest.record.recorder.merge_snapshots` into one row per (model, protocol, batch size)
+plus, where both models ran, a "separable ÷ standard" row next to the MAC ratio, and hangs it
+into Locust's web UI the way Locust supports extending it
 (``examples/extend_web_ui.py`` in Locust's repository): ``extended_tabs`` / ``extended_tables``
 template arguments, an ``extended_stats`` entry added to every ``/stats/requests`` answer (the UI
 polls it every 2 s), and ``extended_csv_files`` links on the "Download Data" tab.
