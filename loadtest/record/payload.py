@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from contract import INPUT_NAME, INPUT_SHAPE, OUTPUT_CLASSES, SIGNATURE_NAME
+from contract import INPUT_SHAPE, OUTPUT_CLASSES, SIGNATURE_NAME
 
 
 @dataclass(frozen=True)
@@ -105,18 +105,12 @@ class ImageRing:
 
 
 def predict_request(model: str, images_uint8: np.ndarray, signature: str = SIGNATURE_NAME) -> Any:
-    """A ``tensorflow.serving.PredictRequest`` for ``images_uint8`` (B,28,28) as float32."""
-    from contract.protos import predict_pb2, types_pb2
+    """A ``tensorflow.serving.PredictRequest`` for ``images_uint8`` (B,28,28) as float32, built by
+    the project's client (:func:`serving.client.predict_request`) and asking for ``classes``
+    only (the load test checks classes; probabilities would only add bytes to every answer)."""
+    from serving.client import predict_request as client_request
 
-    batch = to_float(images_uint8)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    tensor = request.inputs[INPUT_NAME]
-    tensor.dtype = types_pb2.DT_FLOAT
-    for size in (batch.shape[0], *INPUT_SHAPE):
-        tensor.tensor_shape.dim.add().size = size
-    tensor.tensor_content = batch.astype("<f4", copy=False).tobytes()
+    request = client_request(model, to_float(images_uint8), signature_name=signature)
     request.output_filter.append(OUTPUT_CLASSES)
     return request
 
