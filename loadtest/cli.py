@@ -38,8 +38,10 @@ def comma_list(text: str, flag: str, *, repeated: str = "drop") -> list[str]:
     """
     text = str(text)
     items = [item.strip() for item in text.split(",")]
+    if not text.strip():
+        raise UsageError(f"{flag}: expected a comma-separated list, got {text!r}")
     if any(not item for item in items):
-        raise UsageError(f"{flag}: expected a comma-separated list, got {text!r} (empty item)")
+        raise UsageError(f"{flag}: empty item in {text!r}")
     if repeated == "reject" and len(set(items)) != len(items):
         raise UsageError(f"{flag}: repeated item in {text!r}")
     return list(dict.fromkeys(items))

@@ -32,7 +32,7 @@ def models_dir(tmp_path):
         (["--models", "standard,mobilenet"], "--models: unknown mobilenet"),
         (["--batch-sizes", "1,x"], "--batch-sizes: 'x' is not an integer"),
         (["--batch-sizes", "0"], "--batch-sizes: 0 is out of range"),
-        (["--concurrency", "1,,8"], "--concurrency: expected a comma-separated list"),
+        (["--concurrency", "1,,8"], "--concurrency: empty item in '1,,8'"),
         (["--concurrency", ""], "--concurrency: expected a comma-separated list"),
         (["--protocols", "grpc,soap"], "--protocols: unknown soap"),
         (["--duration", "0"], "--duration: must be ≥ 1"),
