@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest.cli import MAX_BATCH_SIZE, comma_list, ints
+from loadtest.plan import interleaved
 from loadtest.record import hdr, payload
 from loadtest.run.cpu import pin_from_flag
 
@@ -169,9 +171,6 @@ def measure_runtime(
     return {"runtime": kind, "device": device, "describe": described, "results": entries}
 
 
-def interleaved(models: Sequence[str], repeat: int) -> list[str]:
-    """The order of the models in repetition ``repeat``: A B, then B A, then A B … (A B B A)."""
-    return list(models) if repeat % 2 == 0 else list(reversed(models))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,8 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = measure_runtime(
             args.runtime,
             args.models_dir,
-            [m for m in args.models.split(",") if m],
-            [int(b) for b in args.batch_sizes.split(",") if b],
+            list(comma_list(args.models, "--models")),
+            list(ints(args.batch_sizes, "--batch-sizes", MAX_BATCH_SIZE)),
             duration_s=args.duration,
             warmup_s=args.warmup,
             device=args.device,

@@ -40,6 +40,7 @@ from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
+from loadtest.cli import MAX_BATCH_SIZE, comma_list, ints
 from loadtest.run.cpu import pin_from_flag
 
 PROFILED_RUNTIMES = ("onnx", "tensorflow")
@@ -450,8 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = profile_rows(
             args.runtime,
             args.models_dir,
-            [m for m in args.models.split(",") if m],
-            [int(b) for b in args.batch_sizes.split(",") if b],
+            comma_list(args.models, "--models"),
+            list(ints(args.batch_sizes, "--batch-sizes", MAX_BATCH_SIZE)),
         )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"per-operator profile failed: {exc}", file=sys.stderr)
