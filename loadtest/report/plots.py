@@ -100,28 +100,21 @@ def _finish(fig: Any, title: str, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
-    """Grouped bars of measured ratios per (runtime, device, batch) with their 95 % intervals
-    as error bars and the MACs ratio as a line."""
-    if not table:
-        return None
-    plt = pyplot()
-    import numpy as np
-
+def _speedup_series(table: Sequence[Speedup]) -> dict[str, list[Any]]:
+    """The ratio rows per bar series (in-process, then each protocol), measured ones only."""
     protocols = sorted({p for s in table for p in s.served}, key=lambda p: (p != "grpc", p))
     series: dict[str, list[Any]] = {"in-process": [s.in_process for s in table]}
     for protocol in protocols:
         series[f"served {protocol_name(protocol)}"] = [s.served.get(protocol) for s in table]
-    series = {
-        k: v for k, v in series.items() if any(r and r["ratio_median"] is not None for r in v)
-    }
-    if not series:
-        return None
-    labels = [f"{s.runtime}/{s.device}\nbatch {s.batch_size}" for s in table]
-    x = np.arange(len(table))
+    return {k: v for k, v in series.items() if any(r and r["ratio_median"] is not None for r in v)}
+
+
+def _ratio_bars(ax: Any, x: Any, series: dict[str, list[Any]]) -> float:
+    """Grouped bars with 95 % intervals; the highest interval end."""
+    import numpy as np
+
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(table) + 2), 4.5))
-    top = table[0].macs_ratio
+    top = 0.0
     for i, (name, rows) in enumerate(series.items()):
         values = [
             r["ratio_median"] if r and r["ratio_median"] is not None else np.nan for r in rows
@@ -144,6 +137,24 @@ def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
         )
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
         top = max(top, *(r["ratio_high"] for r in rows if r and r["ratio_high"] is not None))
+    return top
+
+
+def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
+    """Grouped bars of measured ratios per (runtime, device, batch) with their 95 % intervals
+    as error bars and the MACs ratio as a line."""
+    if not table:
+        return None
+    plt = pyplot()
+    import numpy as np
+
+    series = _speedup_series(table)
+    if not series:
+        return None
+    labels = [f"{s.runtime}/{s.device}\nbatch {s.batch_size}" for s in table]
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(table) + 2), 4.5))
+    top = max(table[0].macs_ratio, _ratio_bars(ax, x, series))
     ratio = table[0].macs_ratio
     ax.axhline(
         ratio,
@@ -165,6 +176,71 @@ def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
     return path
 
 
+def _latency_panel(
+    ax: Any, index: Index, runtime: str, device: str, protocol: str, batch: int
+) -> None:
+    """One panel: p50 with its spread over repetitions, and p99, per model against users."""
+    plotted = False
+    levels_seen: list[int] = []
+    for model in (STANDARD, SEPARABLE):
+        levels = index.values(
+            "concurrency",
+            runtime=runtime,
+            device=device,
+            model=model,
+            protocol=protocol,
+            batch_size=batch,
+            mode="served",
+        )
+        points: list[tuple[int, Row]] = []
+        for c in levels:
+            found = index.get((runtime, device), model, protocol, batch, c)
+            if found and num(found["p50_ms"]) is not None:
+                points.append((c, found))
+        if not points:
+            continue
+        xs = [c for c, _ in points]
+        levels_seen += xs
+        color = MODEL_COLORS[model]
+        # Error bars: lowest and highest p50 over the cell's repetitions.
+        p50 = [float(r["p50_ms"] or 0.0) for _, r in points]
+        spreads = [
+            index.spread(index.key((runtime, device), model, protocol, batch, c), "p50_ms")
+            or (v, v)
+            for (c, _), v in zip(points, p50, strict=True)
+        ]
+        ax.errorbar(
+            xs,
+            p50,
+            yerr=[
+                [v - s[0] for v, s in zip(p50, spreads, strict=True)],
+                [s[1] - v for v, s in zip(p50, spreads, strict=True)],
+            ],
+            fmt="o-",
+            color=color,
+            capsize=3,
+            label=f"{model} p50",
+        )
+        ax.plot(
+            xs,
+            [r["p99_ms"] for _, r in points],
+            "s--",
+            color=color,
+            alpha=0.7,
+            label=f"{model} p99",
+        )
+        plotted = True
+    ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
+    ax.set_xlabel("concurrent users")
+    ax.set_ylabel("latency (ms)")
+    if plotted:
+        _log2_x(ax, levels_seen)
+        _log10_y(ax)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3, which="both")
+
+
 def plot_latency_vs_concurrency(index: Index, path: Path) -> Path | None:
     """p50 (solid) and p99 (dashed) against users, both models, per runtime×protocol and batch."""
     panels = [
@@ -178,67 +254,54 @@ def plot_latency_vs_concurrency(index: Index, path: Path) -> Path | None:
     fig, axes = _panel_grid(len(panels), len(batches), (4.2 * len(batches), 3.2 * len(panels)))
     for i, (runtime, device, protocol) in enumerate(panels):
         for j, batch in enumerate(batches):
-            ax = axes[i][j]
-            plotted = False
-            levels_seen: list[int] = []
-            for model in (STANDARD, SEPARABLE):
-                levels = index.values(
-                    "concurrency",
-                    runtime=runtime,
-                    device=device,
-                    model=model,
-                    protocol=protocol,
-                    batch_size=batch,
-                    mode="served",
-                )
-                points: list[tuple[int, Row]] = []
-                for c in levels:
-                    found = index.get((runtime, device), model, protocol, batch, c)
-                    if found and num(found["p50_ms"]) is not None:
-                        points.append((c, found))
-                if not points:
-                    continue
-                xs = [c for c, _ in points]
-                levels_seen += xs
-                color = MODEL_COLORS[model]
-                # Error bars: lowest and highest p50 over the cell's repetitions.
-                p50 = [float(r["p50_ms"] or 0.0) for _, r in points]
-                spreads = [
-                    index.spread(index.key((runtime, device), model, protocol, batch, c), "p50_ms")
-                    or (v, v)
-                    for (c, _), v in zip(points, p50, strict=True)
-                ]
-                ax.errorbar(
-                    xs,
-                    p50,
-                    yerr=[
-                        [v - s[0] for v, s in zip(p50, spreads, strict=True)],
-                        [s[1] - v for v, s in zip(p50, spreads, strict=True)],
-                    ],
-                    fmt="o-",
-                    color=color,
-                    capsize=3,
-                    label=f"{model} p50",
-                )
-                ax.plot(
-                    xs,
-                    [r["p99_ms"] for _, r in points],
-                    "s--",
-                    color=color,
-                    alpha=0.7,
-                    label=f"{model} p99",
-                )
-                plotted = True
-            ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
-            ax.set_xlabel("concurrent users")
-            ax.set_ylabel("latency (ms)")
-            if plotted:
-                _log2_x(ax, levels_seen)
-                _log10_y(ax)
-            else:
-                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-            ax.grid(alpha=0.3, which="both")
+            _latency_panel(axes[i][j], index, runtime, device, protocol, batch)
     return _finish(fig, "Latency vs concurrency (log scales)", path)
+
+
+def _throughput_panel(ax: Any, index: Index, runtime: str, device: str, column: str) -> None:
+    """One panel: images/s per model against batch size, in-process or one protocol."""
+    plotted = False
+    batches_seen: list[int] = []
+    for model in (STANDARD, SEPARABLE):
+        xs, ys, low, high = [], [], [], []
+        for batch in index.values("batch_size", runtime=runtime, device=device):
+            protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
+            key = best_cell(index, runtime, device, model, protocol, batch)
+            found = index.get((runtime, device), model, protocol, batch, key[6]) if key else None
+            value = num(found["images_per_s"]) if found else None
+            if key is None or value is None:
+                continue
+            spread = index.spread(key, "images_per_s") or (value, value)
+            xs.append(batch)
+            ys.append(value)
+            low.append(value - spread[0])
+            high.append(spread[1] - value)
+        if xs:
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[low, high],
+                fmt="o-",
+                capsize=3,
+                color=MODEL_COLORS[model],
+                label=model,
+            )
+            batches_seen += xs
+            plotted = True
+    title = (
+        "in-process"
+        if column == "in-process"
+        else (f"served {protocol_name(column)} (best concurrency)")
+    )
+    ax.set_title(f"{runtime}/{device}: {title}", fontsize=9)
+    ax.set_xlabel("batch size (images per request)")
+    ax.set_ylabel("throughput (images/s)")
+    if plotted:
+        _log2_x(ax, batches_seen)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
 
 
 def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
@@ -256,53 +319,7 @@ def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
     fig, axes = _panel_grid(len(groups), len(columns), (4.2 * len(columns), 3.3 * len(groups)))
     for i, (runtime, device) in enumerate(groups):
         for j, column in enumerate(columns):
-            ax = axes[i][j]
-            plotted = False
-            batches_seen: list[int] = []
-            for model in (STANDARD, SEPARABLE):
-                xs, ys, low, high = [], [], [], []
-                for batch in index.values("batch_size", runtime=runtime, device=device):
-                    protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
-                    key = best_cell(index, runtime, device, model, protocol, batch)
-                    found = (
-                        index.get((runtime, device), model, protocol, batch, key[6])
-                        if key
-                        else None
-                    )
-                    value = num(found["images_per_s"]) if found else None
-                    if key is None or value is None:
-                        continue
-                    spread = index.spread(key, "images_per_s") or (value, value)
-                    xs.append(batch)
-                    ys.append(value)
-                    low.append(value - spread[0])
-                    high.append(spread[1] - value)
-                if xs:
-                    ax.errorbar(
-                        xs,
-                        ys,
-                        yerr=[low, high],
-                        fmt="o-",
-                        capsize=3,
-                        color=MODEL_COLORS[model],
-                        label=model,
-                    )
-                    batches_seen += xs
-                    plotted = True
-            title = (
-                "in-process"
-                if column == "in-process"
-                else (f"served {protocol_name(column)} (best concurrency)")
-            )
-            ax.set_title(f"{runtime}/{device}: {title}", fontsize=9)
-            ax.set_xlabel("batch size (images per request)")
-            ax.set_ylabel("throughput (images/s)")
-            if plotted:
-                _log2_x(ax, batches_seen)
-                ax.set_ylim(bottom=0)
-            else:
-                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-            ax.grid(alpha=0.3)
+            _throughput_panel(axes[i][j], index, runtime, device, column)
     return _finish(fig, "Throughput vs batch size", path)
 
 

@@ -14,6 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,65 @@ def latest_version_dir(models_dir: Path, model: str) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
+class _Caller:
+    """``runtime.predict`` on consecutive test-set batches, as the server would call it."""
+
+    def __init__(self, runtime: Any, ring: payload.ImageRing) -> None:
+        self.runtime = runtime
+        self.ring = ring
+        self.batch_index = 0
+
+    def call(self, histogram: Any | None) -> tuple[int, int]:
+        """One call (its latency into ``histogram`` when given); (correct, images)."""
+        from contract import INPUT_NAME, OUTPUT_CLASSES, SIGNATURE_NAME
+
+        images, labels = self.ring.batch(self.batch_index)
+        self.batch_index += 1
+        inputs = {INPUT_NAME: payload.to_float(images)}
+        started = time.perf_counter()
+        outputs = self.runtime.predict(SIGNATURE_NAME, inputs)
+        elapsed = time.perf_counter() - started
+        if histogram is not None:
+            hdr.record_us(histogram, elapsed * 1e6)
+        classes = outputs[OUTPUT_CLASSES].astype("int64").reshape(-1)
+        return payload.count_correct(classes, labels), len(labels)
+
+
+@dataclass
+class _Window:
+    """What the measurement window saw."""
+
+    calls: int = 0
+    images: int = 0
+    correct: int = 0
+    finished: list[float] = field(default_factory=list)  # seconds since it opened, per call
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+def _warm_up(caller: _Caller, warmup_s: float) -> None:
+    deadline = time.perf_counter() + warmup_s
+    calls = 0
+    while time.perf_counter() < deadline or calls < 2:
+        caller.call(None)
+        calls += 1
+
+
+def _measure_window(caller: _Caller, histogram: Any, duration_s: float) -> _Window:
+    window = _Window()
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    deadline = wall_start + duration_s
+    while time.perf_counter() < deadline or window.calls < MIN_CALLS:
+        ok, count = caller.call(histogram)
+        window.finished.append(time.perf_counter() - wall_start)
+        window.correct += ok
+        window.images += count
+        window.calls += 1
+    window.wall_s = time.perf_counter() - wall_start
+    window.cpu_s = time.process_time() - cpu_start
+    return window
+
+
 def measure_model(
     runtime: Any,
     *,
@@ -52,54 +112,21 @@ def measure_model(
     test_set: payload.TestSet,
 ) -> dict[str, Any]:
     """Call ``runtime.predict`` back to back; latency percentiles, throughput, accuracy, CPU."""
-    from contract import INPUT_NAME, OUTPUT_CLASSES, SIGNATURE_NAME
-
-    ring = payload.ImageRing(test_set, batch_size)
+    caller = _Caller(runtime, payload.ImageRing(test_set, batch_size))
     histogram = hdr.new_histogram()
-    batch_index = 0
-
-    def one_call(record: bool) -> tuple[int, int]:
-        nonlocal batch_index
-        images, labels = ring.batch(batch_index)
-        batch_index += 1
-        inputs = {INPUT_NAME: payload.to_float(images)}
-        started = time.perf_counter()
-        outputs = runtime.predict(SIGNATURE_NAME, inputs)
-        elapsed = time.perf_counter() - started
-        if record:
-            hdr.record_us(histogram, elapsed * 1e6)
-        classes = outputs[OUTPUT_CLASSES].astype("int64").reshape(-1)
-        return payload.count_correct(classes, labels), len(labels)
-
-    deadline = time.perf_counter() + warmup_s
-    calls = 0
-    while time.perf_counter() < deadline or calls < 2:
-        one_call(record=False)
-        calls += 1
-
-    correct = images = calls = 0
-    finished: list[float] = []  # seconds since the window opened, per call
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
-    deadline = wall_start + duration_s
-    while time.perf_counter() < deadline or calls < MIN_CALLS:
-        ok, count = one_call(record=True)
-        finished.append(time.perf_counter() - wall_start)
-        correct += ok
-        images += count
-        calls += 1
-    wall = time.perf_counter() - wall_start
-    cpu = time.process_time() - cpu_start
-    summary = hdr.summarize(histogram)
+    _warm_up(caller, warmup_s)
+    window = _measure_window(caller, histogram, duration_s)
+    wall = window.wall_s
     return {
         "model": model,
         "batch_size": batch_size,
-        "requests": calls,
-        "requests_per_s": calls / wall,
-        "images_per_s": calls * batch_size / wall,
-        "accuracy": correct / images if images else math.nan,
-        "cpu_percent": 100.0 * cpu / wall,
-        "samples": throughput_samples(finished, wall, batch_size),
-        **summary.as_dict(),
+        "requests": window.calls,
+        "requests_per_s": window.calls / wall,
+        "images_per_s": window.calls * batch_size / wall,
+        "accuracy": window.correct / window.images if window.images else math.nan,
+        "cpu_percent": 100.0 * window.cpu_s / wall,
+        "samples": throughput_samples(window.finished, wall, batch_size),
+        **hdr.summarize(histogram).as_dict(),
         "histogram": hdr.encode(histogram),
     }
 
@@ -119,6 +146,28 @@ def throughput_samples(
     return [count * batch_size / width for count in counts]
 
 
+def _load_all(
+    kind: str, models_dir: Path, models: Sequence[str], device: str
+) -> tuple[dict[str, tuple[Any, int]], dict[str, str]]:
+    """Every model's latest version loaded at once (closed again if one fails); the runtimes with
+    their versions by model, and the runtime's description."""
+    from serving.runtimes import RuntimeOptions, load_runtime
+
+    loaded: dict[str, tuple[Any, int]] = {}
+    described: dict[str, str] = {}
+    try:
+        for model in models:
+            version_dir = latest_version_dir(models_dir, model)
+            runtime = load_runtime(kind, version_dir, RuntimeOptions(device=device))
+            loaded[model] = (runtime, int(version_dir.name))
+            described = dict(runtime.describe())
+    except BaseException:
+        for runtime, _ in loaded.values():
+            runtime.close()
+        raise
+    return loaded, described
+
+
 def measure_runtime(
     kind: str,
     models_dir: Path,
@@ -136,18 +185,10 @@ def measure_runtime(
     All models are loaded at once and, per batch size, measured in A B B A … order, so that
     drift (thermal, a noisy neighbour) hits every model alike.
     """
-    from serving.runtimes import RuntimeOptions, load_runtime
-
     test_set = payload.load_test_set()
     entries = []
-    described: dict[str, str] = {}
-    loaded: dict[str, tuple[Any, int]] = {}
+    loaded, described = _load_all(kind, models_dir, models, device)
     try:
-        for model in models:
-            version_dir = latest_version_dir(models_dir, model)
-            runtime = load_runtime(kind, version_dir, RuntimeOptions(device=device))
-            loaded[model] = (runtime, int(version_dir.name))
-            described = dict(runtime.describe())
         for batch_size in batch_sizes:
             for repeat in range(repeats):
                 for model in interleaved(models, repeat):
@@ -160,17 +201,13 @@ def measure_runtime(
                         warmup_s=warmup_s,
                         test_set=test_set,
                     )
-                    entry["version"] = version
-                    entry["repeat"] = repeat
-                    entries.append(entry)
+                    entries.append({**entry, "version": version, "repeat": repeat})
     finally:
         for runtime, _ in loaded.values():
             runtime.close()
     order = {model: i for i, model in enumerate(models)}
     entries.sort(key=lambda e: (order[e["model"]], e["batch_size"], e["repeat"]))
     return {"runtime": kind, "device": device, "describe": described, "results": entries}
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,14 +43,17 @@ def locust_command(
     options: Sequence[str] = (),
     *,
     locustfile: Path = LOCUSTFILE,
+    csv: bool = True,
 ) -> list[str]:
-    """``python -m locust`` headless against one server: statistics as CSV next to ``prefix``,
-    the merged HDR results in ``<prefix>_hdr.json``, then ``options`` (users, run time, …)."""
+    """``python -m locust`` headless against one server: statistics as CSV next to ``prefix``
+    (unless ``csv`` is false), the merged HDR results in ``<prefix>_hdr.json``, then ``options``
+    (users, run time, …)."""
     return [
         *(sys.executable, "-m", "locust", "-f", str(locustfile)),
         *("--headless", "--only-summary", "--stop-timeout", "0"),
         *("--host", rest_url, "--grpc-target", grpc_target),
-        *("--csv", str(prefix), "--hdr-output", f"{prefix}_hdr.json"),
+        *(("--csv", str(prefix)) if csv else ()),
+        *("--hdr-output", f"{prefix}_hdr.json"),
         *options,
     ]
 

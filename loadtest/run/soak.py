@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from loadtest.record.recorder import read_run_output
+from loadtest.run.locust import locust_command
 from serving.process import ServerProcess
 
 LOADTEST = Path(__file__).resolve().parents[1]
@@ -126,41 +127,20 @@ def config_from_args(argv: Sequence[str] | None) -> SoakConfig:
     )
 
 
-def locust_command(
+def soak_locust_command(
     locustfile: Path, server: ServerProcess, config: SoakConfig, seconds: float, prefix: Path
 ) -> list[str]:
-    """A headless, single-process Locust run against ``server``."""
-    return [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(locustfile),
-        "--headless",
-        "--only-summary",
-        "-u",
-        str(config.users),
-        "-r",
-        str(config.users),
-        "-t",
-        f"{math.ceil(seconds)}s",
-        "--stop-timeout",
-        "0",
-        "--exit-code-on-error",
-        "0",
-        "--host",
-        server.rest_url,
-        "--grpc-target",
-        server.grpc_target,
-        "--model",
-        config.model,
-        "--protocol",
-        config.protocol,
-        "--batch-size",
-        str(config.batch_size),
-        "--hdr-output",
-        f"{prefix}_hdr.json",
+    """A headless, single-process Locust run against ``server`` (no CSV statistics)."""
+    users = str(config.users)
+    options = [
+        *("-u", users, "-r", users, "-t", f"{math.ceil(seconds)}s"),
+        *("--exit-code-on-error", "0"),
+        *("--model", config.model, "--protocol", config.protocol),
+        *("--batch-size", str(config.batch_size)),
     ]
+    return locust_command(
+        prefix, server.rest_url, server.grpc_target, options, locustfile=locustfile, csv=False
+    )
 
 
 def run_locust(command: list[str], log: Path, env: dict[str, str], seconds: float) -> int:
@@ -289,6 +269,45 @@ def _result_row(path: Path, config: SoakConfig) -> dict[str, Any]:
     raise RuntimeError(f"Locust recorded no {config.model}/{config.protocol} request ({path})")
 
 
+def _measure_capacity(
+    server: ServerProcess, config: SoakConfig, run_dir: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    """The closed-loop run: the server's capacity (its HDR result row)."""
+    prefix = run_dir / "capacity"
+    command = soak_locust_command(
+        CLOSED_LOOP_LOCUSTFILE, server, config, config.capacity_seconds, prefix
+    )
+    run_locust(command, run_dir / "capacity.log", env, config.capacity_seconds)
+    capacity = _result_row(Path(f"{prefix}_hdr.json"), config)
+    if int(capacity["failures"]):
+        raise RuntimeError(f"{capacity['failures']} requests failed measuring capacity")
+    return capacity
+
+
+def _soak(
+    server: ServerProcess, config: SoakConfig, run_dir: Path, env: dict[str, str], target: float
+) -> tuple[dict[str, Any], list[dict[str, Any]], RssSampler]:
+    """The paced run at ``target`` req/s: (its HDR result row, its windows, the server's RSS)."""
+    assert server.process is not None
+    seconds = config.minutes * 60
+    prefix = run_dir / "soak"
+    windows_path = run_dir / "windows.json"
+    soak_env = {
+        **env,
+        "SOAK_RATE": f"{target:.3f}",
+        "SOAK_WINDOW_S": str(config.window_seconds),
+        "SOAK_WINDOWS_OUTPUT": str(windows_path),
+    }
+    rss = RssSampler(server.process.pid, config.rss_every).start()
+    command = soak_locust_command(SOAK_LOCUSTFILE, server, config, seconds, prefix)
+    code = run_locust(command, run_dir / "soak.log", soak_env, seconds)
+    rss.stop()
+    if not windows_path.is_file():
+        raise RuntimeError(f"Locust wrote no windows (exit {code}); see {run_dir}/soak.log")
+    windows = json.loads(windows_path.read_text())["windows"]
+    return _result_row(Path(f"{prefix}_hdr.json"), config), windows, rss
+
+
 def run_soak(config: SoakConfig, log: Any = print) -> tuple[SoakResult, Path]:
     """Run the whole soak; returns the result and the run directory."""
     run_dir = config.output / f"soak-{datetime.now():%Y%m%d-%H%M%S}"
@@ -298,40 +317,16 @@ def run_soak(config: SoakConfig, log: Any = print) -> tuple[SoakResult, Path]:
         config.models_dir / "models.config", config.server_args, log_path=run_dir / "server.log"
     )
     with server:
-        assert server.process is not None
         log(f"server up in {server.startup_seconds:.1f} s ({shlex.join(server.command)})")
-        prefix = run_dir / "capacity"
-        command = locust_command(
-            CLOSED_LOOP_LOCUSTFILE, server, config, config.capacity_seconds, prefix
-        )
-        run_locust(command, run_dir / "capacity.log", env, config.capacity_seconds)
-        capacity = _result_row(Path(f"{prefix}_hdr.json"), config)
+        capacity = _measure_capacity(server, config, run_dir, env)
         capacity_rps = float(capacity["requests_per_s"])
-        if int(capacity["failures"]):
-            raise RuntimeError(f"{capacity['failures']} requests failed measuring capacity")
         target = config.load_fraction * capacity_rps
         log(
             f"capacity {capacity_rps:.0f} req/s ({config.users} users, closed loop, p99 "
             f"{capacity['p99_ms']:.2f} ms); soaking at {target:.0f} req/s for "
             f"{config.minutes:g} min"
         )
-        seconds = config.minutes * 60
-        prefix = run_dir / "soak"
-        windows_path = run_dir / "windows.json"
-        soak_env = {
-            **env,
-            "SOAK_RATE": f"{target:.3f}",
-            "SOAK_WINDOW_S": str(config.window_seconds),
-            "SOAK_WINDOWS_OUTPUT": str(windows_path),
-        }
-        rss = RssSampler(server.process.pid, config.rss_every).start()
-        command = locust_command(SOAK_LOCUSTFILE, server, config, seconds, prefix)
-        code = run_locust(command, run_dir / "soak.log", soak_env, seconds)
-        rss.stop()
-        if not windows_path.is_file():
-            raise RuntimeError(f"Locust wrote no windows (exit {code}); see {run_dir}/soak.log")
-        windows = json.loads(windows_path.read_text())["windows"]
-        totals = _result_row(Path(f"{prefix}_hdr.json"), config)
+        totals, windows, rss = _soak(server, config, run_dir, env, target)
     result = evaluate(config, capacity_rps, target, totals, windows, rss)
     report = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
