@@ -19,13 +19,21 @@ from __future__ import annotations
 import csv
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
-from loadtest.cells import IN_PROCESS_PROTOCOL, SERVER_PHASES, Row, sample_key
+from loadtest.cells import (
+    IN_PROCESS,
+    IN_PROCESS_PROTOCOL,
+    SERVED,
+    SERVER_PHASES,
+    CellKey,
+    Row,
+    sample_key,
+)
 from loadtest.report.data import (
     SEPARABLE,
     STANDARD,
@@ -168,11 +176,10 @@ def infer_check(index: Index, key: Key) -> tuple[float, float, float, float] | N
     phase times (its mean per request); the harness around it (batch slicing, the accuracy
     check) is not in either.
     """
-    runtime, device, model, _, mode, batch, concurrency = key
-    if mode != "served" or concurrency != 1:
+    if key.mode != SERVED or key.concurrency != 1:
         return None
     served = index.spread(key, "server_infer_ms")
-    in_process_key = Index.key((runtime, device), model, IN_PROCESS_PROTOCOL, batch, 1)
+    in_process_key = CellKey.in_process(key.runtime, key.device, key.model, key.batch_size)
     calls = index.spread(in_process_key, "p50_ms")
     if served is None or calls is None:
         return None
@@ -182,8 +189,7 @@ def infer_check(index: Index, key: Key) -> tuple[float, float, float, float] | N
 def _infer_flags(index: Index, key: Key) -> list[str]:
     flags = []
     for model in (STANDARD, SEPARABLE):
-        model_key: Key = (key[0], key[1], model, *key[3:])
-        check = infer_check(index, model_key)
+        check = infer_check(index, replace(key, model=model))
         if check and not _interval_agrees(check[:2], check[2:]):
             flags.append(
                 f"{FLAG_INFER} ({model}: {check[0]:.3f}–{check[1]:.3f} ms vs "
@@ -199,7 +205,7 @@ def _cell_flags(
     for model in (STANDARD, SEPARABLE):
         if stable([m.value for m in reps[model]]) is False:
             flags.append(f"{FLAG_UNSTABLE} ({model})")
-    model_keys = [(key[0], key[1], m, *key[3:]) for m in (STANDARD, SEPARABLE)]
+    model_keys = [replace(key, model=m) for m in (STANDARD, SEPARABLE)]
     if any(cell_slug(row) in saturated for k in model_keys for row in index.repetitions.get(k, [])):
         flags.append(FLAG_SATURATED)
     return flags
@@ -209,63 +215,94 @@ def _images_per_s(row: Row | None) -> float | None:
     return num(row["images_per_s"]) if row else None
 
 
+def _ratio_cells(index: Index) -> list[CellKey]:
+    """The cells a ratio compares, model left out (``""``), in the order of ``ratios.csv``:
+    in-process first, then gRPC, then other protocols."""
+    cells = {replace(k, model="") for k in index.repetitions}
+    return sorted(
+        cells,
+        key=lambda c: (
+            c.runtime,
+            c.device,
+            c.mode != IN_PROCESS,
+            c.protocol != "grpc",
+            c.protocol,
+            c.batch_size,
+            c.concurrency,
+        ),
+    )
+
+
+def _interval_flags(
+    cell: CellKey,
+    interval: tuple[float, float, float, bool],
+    in_process: dict[tuple[str, str, int], tuple[float, float]],
+) -> list[str]:
+    """Flags of a measured ratio interval; an in-process interval is remembered in
+    ``in_process`` for the served cells of the same (runtime, device, batch) that follow."""
+    _, low, high, has_interval = interval
+    flags = []
+    if not has_interval:
+        flags.append(FLAG_SINGLE)
+    elif low <= 1.0 <= high:
+        flags.append(FLAG_NO_DIFFERENCE)
+    where = (cell.runtime, cell.device, cell.batch_size)
+    if cell.mode == IN_PROCESS:
+        in_process[where] = (low, high)
+    elif where in in_process and low > in_process[where][1]:
+        flags.append(FLAG_INTERFERENCE)
+    return flags
+
+
+def _ratio_row(
+    index: Index,
+    cell: CellKey,
+    samples: Mapping[str, list[float]],
+    saturated: set[str],
+    in_process: dict[tuple[str, str, int], tuple[float, float]],
+) -> RatioRow | None:
+    """The ratio of ``cell`` (model left out), or ``None`` when a model was not measured."""
+    keys = {m: replace(cell, model=m) for m in (STANDARD, SEPARABLE)}
+    if not all(k in index.repetitions for k in keys.values()):
+        return None
+    reps = {m: _repetitions(index, keys[m], samples) for m in keys}
+    combined = {m: index.by_key(k) for m, k in keys.items()}
+    result = ratio_interval(reps[STANDARD], reps[SEPARABLE])
+    flags: list[str] = []
+    median = low = high = None
+    if result is None or not all(completed(r) for r in combined.values()):
+        flags.append(FLAG_NO_REQUEST)
+    else:
+        median, low, high, _ = result
+        flags += _interval_flags(cell, result, in_process)
+    flags += _cell_flags(index, keys[STANDARD], reps, saturated)
+    flags += _infer_flags(index, keys[STANDARD])
+    return RatioRow(
+        runtime=cell.runtime,
+        device=cell.device,
+        mode=cell.mode,
+        protocol=cell.protocol,
+        batch_size=cell.batch_size,
+        concurrency=cell.concurrency,
+        repeats=max(len(index.repetitions[k]) for k in keys.values()),
+        standard_images_per_s=_images_per_s(combined[STANDARD]),
+        separable_images_per_s=_images_per_s(combined[SEPARABLE]),
+        ratio_median=median,
+        ratio_low=low,
+        ratio_high=high,
+        flag="; ".join(flags),
+    )
+
+
 def compute_ratios(run: Run) -> list[RatioRow]:
     """One :class:`RatioRow` per cell and mode with both models measured."""
     index = Index(run.rows)
-    samples = run.samples
     saturated = saturated_cells(run.meta)
-    cells = sorted(
-        {(k[0], k[1], k[4], k[3], k[5], k[6]) for k in index.repetitions},
-        key=lambda c: (c[0], c[1], c[2] != "in-process", c[3] != "grpc", c[3], c[4], c[5]),
-    )
-    out: list[RatioRow] = []
     in_process: dict[tuple[str, str, int], tuple[float, float]] = {}
-    for runtime, device, mode, protocol, batch, concurrency in cells:
-        keys = {
-            m: (runtime, device, m, protocol, mode, batch, concurrency)
-            for m in (STANDARD, SEPARABLE)
-        }
-        if not all(k in index.repetitions for k in keys.values()):
-            continue
-        reps = {m: _repetitions(index, keys[m], samples) for m in keys}
-        combined = {m: index.get((runtime, device), m, protocol, batch, concurrency) for m in keys}
-        result = ratio_interval(reps[STANDARD], reps[SEPARABLE])
-        flags: list[str] = []
-        median = low = high = None
-        if result is None or not all(completed(r) for r in combined.values()):
-            flags.append(FLAG_NO_REQUEST)
-        else:
-            median, low, high, has_interval = result
-            if not has_interval:
-                flags.append(FLAG_SINGLE)
-            elif low <= 1.0 <= high:
-                flags.append(FLAG_NO_DIFFERENCE)
-            if mode == "in-process":
-                in_process[(runtime, device, batch)] = (low, high)
-            elif (runtime, device, batch) in in_process and low > in_process[
-                (runtime, device, batch)
-            ][1]:
-                flags.append(FLAG_INTERFERENCE)
-        flags += _cell_flags(index, keys[STANDARD], reps, saturated)
-        flags += _infer_flags(index, keys[STANDARD])
-        out.append(
-            RatioRow(
-                runtime=runtime,
-                device=device,
-                mode=mode,
-                protocol=protocol,
-                batch_size=batch,
-                concurrency=concurrency,
-                repeats=max(len(index.repetitions[k]) for k in keys.values()),
-                standard_images_per_s=_images_per_s(combined[STANDARD]),
-                separable_images_per_s=_images_per_s(combined[SEPARABLE]),
-                ratio_median=median,
-                ratio_low=low,
-                ratio_high=high,
-                flag="; ".join(flags),
-            )
-        )
-    return out
+    rows = [
+        _ratio_row(index, cell, run.samples, saturated, in_process) for cell in _ratio_cells(index)
+    ]
+    return [row for row in rows if row is not None]
 
 
 def write_ratios(run_dir: Path, ratios: Sequence[RatioRow] | None = None) -> list[RatioRow]:

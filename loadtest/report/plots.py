@@ -267,7 +267,7 @@ def _throughput_panel(ax: Any, index: Index, runtime: str, device: str, column: 
         for batch in index.values("batch_size", runtime=runtime, device=device):
             protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
             key = best_cell(index, runtime, device, model, protocol, batch)
-            found = index.get((runtime, device), model, protocol, batch, key[6]) if key else None
+            found = index.by_key(key) if key else None
             value = num(found["images_per_s"]) if found else None
             if key is None or value is None:
                 continue

@@ -172,11 +172,7 @@ def _pivot_throughput(index: Index) -> list[str]:
                 cells = []
                 for batch in batches:
                     key = best_cell(index, runtime, device, model, protocol, batch)
-                    found = (
-                        index.get((runtime, device), model, protocol, batch, key[6])
-                        if key
-                        else None
-                    )
+                    found = index.by_key(key) if key else None
                     cells.append(fmt_rate(found["images_per_s"] if found else None))
                 if all(c == "—" for c in cells):
                     continue
