@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Literal, NoReturn, TypeVar
 
 from contract import MODEL_NAMES, MODELS_CONFIG_FILENAME, RUNTIMES
 from loadtest.plan import DEMO_GRID, DEVICES, FULL_GRID, PROTOCOLS, Grid, SweepConfig, Target
@@ -29,7 +29,7 @@ class UsageError(ValueError):
     """A bad command line; the message is one line."""
 
 
-def comma_list(text: str, flag: str, *, repeated: str = "drop") -> list[str]:
+def comma_list(text: str, flag: str, *, repeated: Literal["drop", "reject"] = "drop") -> list[str]:
     """The items of a comma-separated ``text`` (stripped), in order.
 
     An empty list or item is an error; repeated items are dropped (``repeated="drop"``, the
