@@ -8,7 +8,8 @@ from pathlib import Path
 
 from loadtest.cells import CellKey, Row
 from loadtest.flops import macs_ratio
-from loadtest.report.analysis import Speedup, compute_ratios, fmt_interval, profiles, speedups
+from loadtest.report.analysis import Speedup, compute_ratios, fmt_interval, speedups
+from loadtest.report.breakdown import profiles
 from loadtest.report.data import (
     PLOTS_DIR,
     Index,
@@ -21,7 +22,7 @@ from loadtest.report.data import (
     protocol_name,
 )
 from loadtest.report.plots import pyplot
-from loadtest.report.rendering import md_table
+from loadtest.report.tables import md_table
 from loadtest.report.verdict import verdict
 
 COMPARE_NAME = "compare.md"

@@ -9,16 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.cells import IN_PROCESS_PROTOCOL, Row
-from loadtest.report.analysis import Breakdown, KindShare, Overhead, Speedup
-from loadtest.report.data import (
-    MODEL_COLORS,
-    SEPARABLE,
-    STANDARD,
-    Index,
-    Key,
-    num,
-    protocol_name,
-)
+from loadtest.report.analysis import Speedup
+from loadtest.report.breakdown import Breakdown, KindShare, Overhead
+from loadtest.report.data import MODEL_COLORS, SEPARABLE, STANDARD, Index, Key, num, protocol_name
 
 
 def best_cell(
