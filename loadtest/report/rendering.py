@@ -47,11 +47,9 @@ from loadtest.report.data import (
 from loadtest.report.plots import (
     plot_flops_vs_reality,
     plot_latency_vs_concurrency,
-    plot_opprofile,
-    plot_server_breakdown,
-    plot_serving_overhead,
     plot_throughput_vs_batch,
 )
+from loadtest.report.plots_time import plot_opprofile, plot_server_breakdown, plot_serving_overhead
 from loadtest.report.tables import (
     breakdown_lines,
     machine_lines,

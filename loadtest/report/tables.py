@@ -7,16 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from loadtest.cells import IN_PROCESS_PROTOCOL, Row
-from loadtest.report.analysis import (
-    RatioRow,
-    Speedup,
-    fmt_interval,
-)
-from loadtest.report.breakdown import (
-    Breakdown,
-    KindShare,
-    Overhead,
-)
+from loadtest.report.analysis import RatioRow, Speedup, fmt_interval
+from loadtest.report.breakdown import Breakdown, KindShare, Overhead
 from loadtest.report.data import (
     SEPARABLE,
     STANDARD,
@@ -30,9 +22,7 @@ from loadtest.report.data import (
     protocol_name,
     row_key,
 )
-from loadtest.report.plots import (
-    best_cell,
-)
+from loadtest.report.plots import best_cell
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> list[str]:
