@@ -5,6 +5,7 @@ for ratios and the lowest…highest value over repetitions for per-model figures
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,51 @@ def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
     return path
 
 
+def _latency_points(
+    index: Index, key: Key, levels: Sequence[int]
+) -> list[tuple[int, Row, tuple[float, float]]]:
+    """(users, combined row, lowest and highest p50 over repetitions) at each level measured."""
+    points = []
+    for users in levels:
+        at = replace(key, concurrency=users)
+        found = index.by_key(at)
+        if found and num(found["p50_ms"]) is not None:
+            p50 = float(found["p50_ms"] or 0.0)
+            points.append((users, found, index.spread(at, "p50_ms") or (p50, p50)))
+    return points
+
+
+def _latency_lines(ax: Any, model: str, points: list[tuple[int, Row, tuple[float, float]]]) -> None:
+    """p50 with its spread over repetitions as error bars, and p99 dashed."""
+    xs = [users for users, _, _ in points]
+    p50 = [float(row["p50_ms"] or 0.0) for _, row, _ in points]
+    color = MODEL_COLORS[model]
+    ax.errorbar(
+        xs,
+        p50,
+        yerr=[
+            [v - spread[0] for v, (_, _, spread) in zip(p50, points, strict=True)],
+            [spread[1] - v for v, (_, _, spread) in zip(p50, points, strict=True)],
+        ],
+        fmt="o-",
+        color=color,
+        capsize=3,
+        label=f"{model} p50",
+    )
+    ax.plot(
+        xs,
+        [row["p99_ms"] for _, row, _ in points],
+        "s--",
+        color=color,
+        alpha=0.7,
+        label=f"{model} p99",
+    )
+
+
 def _latency_panel(
     ax: Any, index: Index, runtime: str, device: str, protocol: str, batch: int
 ) -> None:
     """One panel: p50 with its spread over repetitions, and p99, per model against users."""
-    plotted = False
     levels_seen: list[int] = []
     for model in (STANDARD, SEPARABLE):
         levels = index.values(
@@ -184,48 +225,16 @@ def _latency_panel(
             batch_size=batch,
             mode="served",
         )
-        points: list[tuple[int, Row]] = []
-        for c in levels:
-            found = index.get((runtime, device), model, protocol, batch, c)
-            if found and num(found["p50_ms"]) is not None:
-                points.append((c, found))
-        if not points:
-            continue
-        xs = [c for c, _ in points]
-        levels_seen += xs
-        color = MODEL_COLORS[model]
-        # Error bars: lowest and highest p50 over the cell's repetitions.
-        p50 = [float(r["p50_ms"] or 0.0) for _, r in points]
-        spreads = [
-            index.spread(index.key((runtime, device), model, protocol, batch, c), "p50_ms")
-            or (v, v)
-            for (c, _), v in zip(points, p50, strict=True)
-        ]
-        ax.errorbar(
-            xs,
-            p50,
-            yerr=[
-                [v - s[0] for v, s in zip(p50, spreads, strict=True)],
-                [s[1] - v for v, s in zip(p50, spreads, strict=True)],
-            ],
-            fmt="o-",
-            color=color,
-            capsize=3,
-            label=f"{model} p50",
+        points = _latency_points(
+            index, index.key((runtime, device), model, protocol, batch, 1), levels
         )
-        ax.plot(
-            xs,
-            [r["p99_ms"] for _, r in points],
-            "s--",
-            color=color,
-            alpha=0.7,
-            label=f"{model} p99",
-        )
-        plotted = True
+        if points:
+            _latency_lines(ax, model, points)
+            levels_seen += [users for users, _, _ in points]
     ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
     ax.set_xlabel("concurrent users")
     ax.set_ylabel("latency (ms)")
-    if plotted:
+    if levels_seen:
         _log2_x(ax, levels_seen)
         _log10_y(ax)
     else:

@@ -44,7 +44,52 @@ def sort_key(row: Row) -> tuple[Any, ...]:
     )
 
 
+_SUMMARY_HEADER = [
+    "model",
+    "protocol",
+    "batch",
+    "users",
+    "runs",
+    "req/s",
+    "images/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "max ms",
+    "errors",
+    "accuracy",
+    "generator CPU",
+    "server CPU",
+]
+
+
+def _summary_cells(index: Index, r: Row, saturated: set[str]) -> list[str]:
+    repetitions = index.repetitions.get(row_key(r), [])
+    mark = " ⚠" if {cell_slug(x) for x in repetitions} & saturated else ""
+    return [
+        r["model"],
+        protocol_name(r["protocol"]),
+        str(r["batch_size"]),
+        str(r["concurrency"]),
+        str(len(repetitions)),
+        fmt_rate(r["requests_per_s"]),
+        fmt_rate(r["images_per_s"]),
+        fmt_ms(r["p50_ms"]),
+        fmt_ms(r["p90_ms"]),
+        fmt_ms(r["p99_ms"]),
+        fmt_ms(r["p999_ms"]),
+        fmt_ms(r["max_ms"]),
+        str(r["errors"]),
+        # No completed request: nothing was classified in the window.
+        f"{r['accuracy']:.4f}" if completed(r) and r["accuracy"] is not None else "—",
+        fmt_pct(r["generator_cpu"]) + mark,
+        fmt_pct(r["server_cpu"]),
+    ]
+
+
 def summary_lines(index: Index, saturated: set[str]) -> list[str]:
+    """Per (runtime, device): every combined cell with its latencies, errors, accuracy, CPU."""
     lines: list[str] = []
     for runtime, device in index.groups():
         lines += ["", f"### {runtime} on {device}", ""]
@@ -52,54 +97,8 @@ def summary_lines(index: Index, saturated: set[str]) -> list[str]:
             (r for r in index.rows if (r["runtime"], r["device"]) == (runtime, device)),
             key=sort_key,
         )
-        body = []
-        for r in rows:
-            slugs = {cell_slug(x) for x in index.repetitions.get(row_key(r), [])}
-            mark = " ⚠" if slugs & saturated else ""
-            repeats = len(index.repetitions.get(row_key(r), []))
-            body.append(
-                [
-                    r["model"],
-                    protocol_name(r["protocol"]),
-                    str(r["batch_size"]),
-                    str(r["concurrency"]),
-                    str(repeats),
-                    fmt_rate(r["requests_per_s"]),
-                    fmt_rate(r["images_per_s"]),
-                    fmt_ms(r["p50_ms"]),
-                    fmt_ms(r["p90_ms"]),
-                    fmt_ms(r["p99_ms"]),
-                    fmt_ms(r["p999_ms"]),
-                    fmt_ms(r["max_ms"]),
-                    str(r["errors"]),
-                    # No completed request: nothing was classified in the window.
-                    f"{r['accuracy']:.4f}" if completed(r) and r["accuracy"] is not None else "—",
-                    fmt_pct(r["generator_cpu"]) + mark,
-                    fmt_pct(r["server_cpu"]),
-                ]
-            )
-        lines += md_table(
-            [
-                "model",
-                "protocol",
-                "batch",
-                "users",
-                "runs",
-                "req/s",
-                "images/s",
-                "p50 ms",
-                "p90 ms",
-                "p99 ms",
-                "p99.9 ms",
-                "max ms",
-                "errors",
-                "accuracy",
-                "generator CPU",
-                "server CPU",
-            ],
-            body,
-            "llrrr" + "r" * 11,
-        )
+        body = [_summary_cells(index, r, saturated) for r in rows]
+        lines += md_table(_SUMMARY_HEADER, body, "llrrr" + "r" * 11)
     return lines
 
 
