@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loadtest.cells import IN_PROCESS_PROTOCOL, SERVER_PHASES
+from loadtest.cells import IN_PROCESS_PROTOCOL, SERVED, SERVER_PHASES, Row
 from loadtest.report.analysis import infer_check, interval_agrees
-from loadtest.report.data import SEPARABLE, STANDARD, Index, Run, completed, num
+from loadtest.report.data import SEPARABLE, STANDARD, Index, Run, completed, num, row_key
 
 # --- serving overhead and the server's breakdown -------------------------------------------------
 
@@ -113,43 +113,37 @@ class Breakdown:
         return None if self.check is None else interval_agrees(self.check[:2], self.check[2:])
 
 
+def _breakdown(index: Index, row: Row) -> Breakdown | None:
+    """The server's breakdown of a served row at its lowest concurrency with phases, else None."""
+    if row["mode"] != SERVED or not completed(row):
+        return None
+    lowest = _lowest_concurrency(
+        index, row["runtime"], row["device"], row["protocol"], row["batch_size"]
+    )
+    phases = [num(row[f"server_{p}_ms"]) for p in SERVER_PHASES]  # type: ignore[literal-required]
+    rate = num(row["requests_per_s"])
+    if row["concurrency"] != lowest or any(p is None for p in phases) or not rate:
+        return None
+    decode, queue, infer, encode = (float(p or 0.0) for p in phases)
+    return Breakdown(
+        row["runtime"],
+        row["device"],
+        row["model"],
+        row["protocol"],
+        row["batch_size"],
+        row["concurrency"],
+        1000.0 * row["concurrency"] / rate,
+        decode,
+        queue,
+        infer,
+        encode,
+        infer_check(index, row_key(row)),
+    )
+
+
 def breakdowns(index: Index) -> list[Breakdown]:
     """The server's breakdown of every served cell at its lowest concurrency that has phases."""
-    out = []
-    for row in index.rows:
-        if row["mode"] != "served" or not completed(row):
-            continue
-        lowest = _lowest_concurrency(
-            index, row["runtime"], row["device"], row["protocol"], row["batch_size"]
-        )
-        phases = [num(row[f"server_{p}_ms"]) for p in SERVER_PHASES]  # type: ignore[literal-required]
-        rate = num(row["requests_per_s"])
-        if row["concurrency"] != lowest or any(p is None for p in phases) or not rate:
-            continue
-        decode, queue, infer, encode = (float(p or 0.0) for p in phases)
-        key = Index.key(
-            (row["runtime"], row["device"]),
-            row["model"],
-            row["protocol"],
-            row["batch_size"],
-            row["concurrency"],
-        )
-        out.append(
-            Breakdown(
-                row["runtime"],
-                row["device"],
-                row["model"],
-                row["protocol"],
-                row["batch_size"],
-                row["concurrency"],
-                1000.0 * row["concurrency"] / rate,
-                decode,
-                queue,
-                infer,
-                encode,
-                infer_check(index, key),
-            )
-        )
+    out = [b for b in (_breakdown(index, row) for row in index.rows) if b is not None]
     out.sort(
         key=lambda b: (b.runtime, b.device, b.protocol != "grpc", b.batch_size, b.model != STANDARD)
     )

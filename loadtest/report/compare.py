@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loadtest.cells import CellKey, Row
 from loadtest.flops import macs_ratio
-from loadtest.report.analysis import Speedup, compute_ratios, fmt_interval, speedups
+from loadtest.report.analysis import RatioRow, Speedup, compute_ratios, fmt_interval, speedups
 from loadtest.report.breakdown import profiles
 from loadtest.report.data import (
     PLOTS_DIR,
@@ -172,32 +172,11 @@ def compare(
     a, b = load_run(run_a), load_run(run_b)
     output = output or run_a.parent / f"compare-{a.name}-vs-{b.name}"
     (output / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
-    ratio = macs_ratio(a.costs)
     ratios_a, ratios_b = compute_ratios(a), compute_ratios(b)
-    speed_a = {(s.runtime, s.batch_size): s for s in speedups(ratios_a, ratio)}
-    speed_b = {(s.runtime, s.batch_size): s for s in speedups(ratios_b, macs_ratio(b.costs))}
-    keys = sorted(set(speed_a) | set(speed_b))
-    lines = _machine_lines(a, b)
-    lines += [
-        "## FLOPs vs reality",
-        "",
-        f"Speedup of separable over standard (theory {ratio:.2f}x).",
-        "",
-    ]
-    lines += _speedup_table(keys, speed_a, speed_b)
-    plot = _plot_compare(
-        keys,
-        speed_a=speed_a,
-        speed_b=speed_b,
-        ratio=ratio,
-        name_a=a.name,
-        name_b=b.name,
-        path=output / PLOTS_DIR / "speedup_compare.png",
-    )
-    if plot:
-        lines += ["", f"![speedup A vs B]({PLOTS_DIR}/{plot.name})", ""]
-    lines += _per_cell_lines(a, b, pair_runtimes or {})
-    lines += [
+    lines = [
+        *_machine_lines(a, b),
+        *_flops_lines(a, b, ratios_a, ratios_b, output / PLOTS_DIR / "speedup_compare.png"),
+        *_per_cell_lines(a, b, pair_runtimes or {}),
         "",
         "## Verdicts",
         "",
@@ -209,6 +188,48 @@ def compare(
     path = output / COMPARE_NAME
     path.write_text("\n".join(lines))
     return path
+
+
+def _flops_lines(
+    a: Run, b: Run, ratios_a: list[RatioRow], ratios_b: list[RatioRow], plot_path: Path
+) -> list[str]:
+    """The speedups of both runs side by side, and their plot."""
+    ratio = macs_ratio(a.costs)
+    speed_a = {(s.runtime, s.batch_size): s for s in speedups(ratios_a, ratio)}
+    speed_b = {(s.runtime, s.batch_size): s for s in speedups(ratios_b, macs_ratio(b.costs))}
+    keys = sorted(set(speed_a) | set(speed_b))
+    lines = [
+        "## FLOPs vs reality",
+        "",
+        f"Speedup of separable over standard (theory {ratio:.2f}x).",
+        "",
+        *_speedup_table(keys, speed_a, speed_b),
+    ]
+    plot = _plot_compare(
+        keys,
+        speed_a=speed_a,
+        speed_b=speed_b,
+        ratio=ratio,
+        name_a=a.name,
+        name_b=b.name,
+        path=plot_path,
+    )
+    if plot:
+        lines += ["", f"![speedup A vs B]({PLOTS_DIR}/{plot.name})", ""]
+    return lines
+
+
+def _best(s: Speedup | None) -> tuple[float, float]:
+    """(in-process ratio, best served ratio) of one (runtime, batch); NaN where missing."""
+    nan = float("nan")
+    if s is None:
+        return nan, nan
+    served = [r["ratio_median"] for r in s.served.values() if r["ratio_median"] is not None]
+    in_process = s.in_process["ratio_median"] if s.in_process else None
+    return (
+        in_process if in_process is not None else nan,
+        max(served) if served else nan,
+    )
 
 
 def _plot_compare(
@@ -226,24 +247,14 @@ def _plot_compare(
     plt = pyplot()
     import numpy as np
 
-    def best(s: Speedup | None) -> tuple[float, float]:
-        if s is None:
-            return np.nan, np.nan
-        served = [r["ratio_median"] for r in s.served.values() if r["ratio_median"] is not None]
-        in_process = s.in_process["ratio_median"] if s.in_process else None
-        return (
-            in_process if in_process is not None else np.nan,
-            max(served) if served else np.nan,
-        )
-
     x = np.arange(len(keys))
     width = 0.2
     fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(keys) + 2), 4.5))
     series = [
-        (f"A in-process ({name_a})", [best(speed_a.get(k))[0] for k in keys]),
-        (f"B in-process ({name_b})", [best(speed_b.get(k))[0] for k in keys]),
-        (f"A served, best protocol ({name_a})", [best(speed_a.get(k))[1] for k in keys]),
-        (f"B served, best protocol ({name_b})", [best(speed_b.get(k))[1] for k in keys]),
+        (f"A in-process ({name_a})", [_best(speed_a.get(k))[0] for k in keys]),
+        (f"B in-process ({name_b})", [_best(speed_b.get(k))[0] for k in keys]),
+        (f"A served, best protocol ({name_a})", [_best(speed_a.get(k))[1] for k in keys]),
+        (f"B served, best protocol ({name_b})", [_best(speed_b.get(k))[1] for k in keys]),
     ]
     for i, (label, values) in enumerate(series):
         ax.bar(x + (i - 1.5) * width, values, width, label=label)

@@ -260,49 +260,49 @@ def ratio_lines(ratios: Sequence[RatioRow]) -> list[str]:
     )
 
 
+_BREAKDOWN_HEADER = [
+    "runtime",
+    "model",
+    "protocol",
+    "batch",
+    "users",
+    "client mean ms",
+    "client + transport",
+    "decode",
+    "queue",
+    "encode",
+    "inference",
+    "inference vs in-process ms",
+]
+
+
+def _check_text(b: Breakdown) -> str:
+    if b.check is None:
+        return "—"
+    low, high, floor_low, floor_high = b.check
+    return f"{low:.3f}–{high:.3f} vs {floor_low:.3f}–{floor_high:.3f}" + ("" if b.agrees else " ⚠")
+
+
 def breakdown_lines(items: Sequence[Breakdown]) -> list[str]:
-    body = []
-    for b in items:
-        check = (
-            "—"
-            if b.check is None
-            else f"{b.check[0]:.3f}–{b.check[1]:.3f} vs {b.check[2]:.3f}–{b.check[3]:.3f}"
-            + ("" if b.agrees else " ⚠")
-        )
-        body.append(
-            [
-                f"{b.runtime}/{b.device}",
-                b.model,
-                protocol_name(b.protocol),
-                str(b.batch_size),
-                str(b.concurrency),
-                fmt_ms(b.latency_ms),
-                fmt_ms(b.client_transport_ms),
-                fmt_ms(b.decode_ms),
-                fmt_ms(b.queue_ms),
-                fmt_ms(b.encode_ms),
-                fmt_ms(b.infer_ms),
-                check,
-            ]
-        )
-    return md_table(
+    """The server's breakdown table: client mean, transport, each phase, the inference check."""
+    body = [
         [
-            "runtime",
-            "model",
-            "protocol",
-            "batch",
-            "users",
-            "client mean ms",
-            "client + transport",
-            "decode",
-            "queue",
-            "encode",
-            "inference",
-            "inference vs in-process ms",
-        ],
-        body,
-        "lllrrrrrrrrr",
-    )
+            f"{b.runtime}/{b.device}",
+            b.model,
+            protocol_name(b.protocol),
+            str(b.batch_size),
+            str(b.concurrency),
+            fmt_ms(b.latency_ms),
+            fmt_ms(b.client_transport_ms),
+            fmt_ms(b.decode_ms),
+            fmt_ms(b.queue_ms),
+            fmt_ms(b.encode_ms),
+            fmt_ms(b.infer_ms),
+            _check_text(b),
+        ]
+        for b in items
+    ]
+    return md_table(_BREAKDOWN_HEADER, body, "lllrrrrrrrrr")
 
 
 def profile_lines(by_runtime: Mapping[str, Sequence[KindShare]]) -> list[str]:

@@ -218,6 +218,13 @@ class SoakResult:
         return all(self.checks.values())
 
 
+def _rss_growth(rss: RssSampler, width: float, full: int) -> tuple[float, float, float]:
+    """Median RSS of the first and of the last full window, and the growth between them."""
+    first = rss.median_between(0, width)
+    last = rss.median_between((full - 1) * width, full * width)
+    return first, last, last / first - 1 if first > 0 else math.nan
+
+
 def evaluate(
     config: SoakConfig,
     capacity_rps: float,
@@ -233,9 +240,7 @@ def evaluate(
     failures = sum(int(w["failures"]) for w in windows)
     ratio = last["p99_ms"] / first["p99_ms"] if first["p99_ms"] > 0 else math.inf
     width = config.window_seconds
-    rss_first = rss.median_between(0, width)
-    rss_last = rss.median_between((full - 1) * width, full * width)
-    growth = rss_last / rss_first - 1 if rss_first > 0 else math.nan
+    rss_first, rss_last, growth = _rss_growth(rss, width, full)
     requests = sum(int(w["requests"]) + int(w["failures"]) for w in windows)
     achieved = sum(int(w["requests"]) for w in measured) / (full * width)
     checks = {
