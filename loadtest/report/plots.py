@@ -259,24 +259,34 @@ def plot_latency_vs_concurrency(index: Index, path: Path) -> Path | None:
     return finish(fig, "Latency vs concurrency (log scales)", path)
 
 
+def _throughput_points(
+    index: Index, runtime: str, device: str, model: str, protocol: str
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(batch sizes, best images/s, distance down and up to the repetitions' extremes)."""
+    xs: list[int] = []
+    ys: list[float] = []
+    low: list[float] = []
+    high: list[float] = []
+    for batch in index.values("batch_size", runtime=runtime, device=device):
+        key = best_cell(index, runtime, device, model, protocol, batch)
+        found = index.by_key(key) if key else None
+        value = num(found["images_per_s"]) if found else None
+        if key is None or value is None:
+            continue
+        spread = index.spread(key, "images_per_s") or (value, value)
+        xs.append(batch)
+        ys.append(value)
+        low.append(value - spread[0])
+        high.append(spread[1] - value)
+    return xs, ys, low, high
+
+
 def _throughput_panel(ax: Any, index: Index, runtime: str, device: str, column: str) -> None:
     """One panel: images/s per model against batch size, in-process or one protocol."""
-    plotted = False
+    protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
     batches_seen: list[int] = []
     for model in (STANDARD, SEPARABLE):
-        xs, ys, low, high = [], [], [], []
-        for batch in index.values("batch_size", runtime=runtime, device=device):
-            protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
-            key = best_cell(index, runtime, device, model, protocol, batch)
-            found = index.by_key(key) if key else None
-            value = num(found["images_per_s"]) if found else None
-            if key is None or value is None:
-                continue
-            spread = index.spread(key, "images_per_s") or (value, value)
-            xs.append(batch)
-            ys.append(value)
-            low.append(value - spread[0])
-            high.append(spread[1] - value)
+        xs, ys, low, high = _throughput_points(index, runtime, device, model, protocol)
         if xs:
             ax.errorbar(
                 xs,
@@ -288,7 +298,6 @@ def _throughput_panel(ax: Any, index: Index, runtime: str, device: str, column: 
                 label=model,
             )
             batches_seen += xs
-            plotted = True
     title = (
         "in-process"
         if column == "in-process"
@@ -297,7 +306,7 @@ def _throughput_panel(ax: Any, index: Index, runtime: str, device: str, column: 
     ax.set_title(f"{runtime}/{device}: {title}", fontsize=9)
     ax.set_xlabel("batch size (images per request)")
     ax.set_ylabel("throughput (images/s)")
-    if plotted:
+    if batches_seen:
         _log2_x(ax, batches_seen)
         ax.set_ylim(bottom=0)
     else:
