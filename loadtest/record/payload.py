@@ -9,6 +9,7 @@ known and the accuracy of the served model can be checked under load.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,9 +31,7 @@ class TestSet:
         return len(self.labels)
 
 
-_TEST_SET: TestSet | None = None
-
-
+@functools.cache  # process-wide: the test set is immutable and every user shares it
 def load_test_set() -> TestSet:
     """The 10,000 MNIST test images, loaded once per process.
 
@@ -40,9 +39,6 @@ def load_test_set() -> TestSet:
     instead of decompressing the training set too); otherwise ``training.data.load_mnist`` finds
     and caches MNIST from its other sources.
     """
-    global _TEST_SET  # noqa: PLW0603 - process-wide cache of an immutable dataset
-    if _TEST_SET is not None:
-        return _TEST_SET
     from training.data import TEST_SIZE, keras_cache_path, load_mnist
 
     images: np.ndarray | None = None
@@ -65,8 +61,7 @@ def load_test_set() -> TestSet:
         mnist = load_mnist()
         images, labels = mnist.x_test, mnist.y_test
     assert images is not None and labels is not None
-    _TEST_SET = TestSet(np.ascontiguousarray(images), labels.astype(np.int64))
-    return _TEST_SET
+    return TestSet(np.ascontiguousarray(images), labels.astype(np.int64))
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

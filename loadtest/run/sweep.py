@@ -72,7 +72,6 @@ def _fmt(value: Any, spec: str) -> str:
 
 def _cell_line(row: Row, details: CellDetails) -> str:
     """One line of the console log per measured cell."""
-    fmt = _fmt
     flags = " [generator saturated]" if details.get("generator_saturated") else ""
     where = (
         "in-process" if row["mode"] == IN_PROCESS else f"{row['protocol']} c{row['concurrency']}"
@@ -80,13 +79,13 @@ def _cell_line(row: Row, details: CellDetails) -> str:
     repeat = f" r{row['repeat']}" if row["repeat"] else ""
     server = ""
     if row["server_infer_ms"] is not None and not math.isnan(row["server_infer_ms"]):
-        phases = "/".join(fmt(row[f"server_{p}_ms"], ".3f") for p in SERVER_PHASES)  # type: ignore[literal-required]
+        phases = "/".join(_fmt(row[f"server_{p}_ms"], ".3f") for p in SERVER_PHASES)  # type: ignore[literal-required]
         server = f", server {phases} ms"
     return (
         f"{row['runtime']} {row['model']} {where} b{row['batch_size']}{repeat}: "
-        f"{fmt(row['images_per_s'], '.0f')} img/s, p50 {fmt(row['p50_ms'], '.3f')} ms, "
-        f"p99 {fmt(row['p99_ms'], '.2f')} ms, {row['errors']} err, "
-        f"CPU gen {fmt(row['generator_cpu'], '.0f')}% srv {fmt(row['server_cpu'], '.0f')}%"
+        f"{_fmt(row['images_per_s'], '.0f')} img/s, p50 {_fmt(row['p50_ms'], '.3f')} ms, "
+        f"p99 {_fmt(row['p99_ms'], '.2f')} ms, {row['errors']} err, "
+        f"CPU gen {_fmt(row['generator_cpu'], '.0f')}% srv {_fmt(row['server_cpu'], '.0f')}%"
         f"{server}{flags}"
     )
 
