@@ -4,9 +4,9 @@ outputs to the answer's JSON (encode), per batch size, the fast decoder against 
 
     python -m benchmarks.rest_codec [--batches 1,32,256] [--repeats 30]
 
-Bodies are the load test's (``loadtest.payload.rest_body``: uint8 images as shortest decimals)
-and ``json.dumps`` of float32 images (17 significant digits, the worst case for size); outputs
-are the MNIST models' (``probabilities`` float32 [B,10], ``classes`` int64 [B]).
+Bodies are the load test's (``loadtest.record.payload.rest_body``: uint8 images as shortest
+decimals) and ``json.dumps`` of float32 images (17 significant digits, the worst case for
+size); outputs are the MNIST models' (``probabilities`` float32 [B,10], ``classes`` int64 [B]).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from loadtest.payload import rest_body
+from loadtest.record.payload import rest_body
 from serving.runtimes import Signature, TensorSpec
 from serving.transport import rest_json
 

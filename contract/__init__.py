@@ -6,6 +6,8 @@ use it.
 
 from __future__ import annotations
 
+from contract.runtimes import RUNTIMES as RUNTIMES
+
 MODEL_NAMES: tuple[str, ...] = ("standard", "separable")
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"

@@ -1,7 +1,7 @@
-"""``python -m loadtest``: run the load-test sweep and write the report (see loadtest.sweep)."""
+"""``python -m loadtest``: run the load-test sweep and write the report (see loadtest.run.sweep)."""
 
 import sys
 
-from loadtest.sweep import main
+from loadtest.run.sweep import main
 
 sys.exit(main())

@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc.experimental.gevent as grpc_gevent
 from hdrh.histogram import HdrHistogram
 from locust import events
 from locust.env import Environment
 
-from loadtest import hdr
-from loadtest import locustfile as base  # gevent-enabled gRPC, arguments, clients, HDR results
-from loadtest.recorder import write_json_atomically
+from loadtest.record import hdr, users
+from loadtest.record.options import add_arguments
+from loadtest.record.plugin import LoadtestPlugin
+from loadtest.record.recorder import write_json_atomically
 
 RATE = float(os.environ.get("SOAK_RATE", "0"))
 WINDOW_S = float(os.environ.get("SOAK_WINDOW_S", "60"))
@@ -32,7 +34,7 @@ OUTPUT = os.environ.get("SOAK_WINDOWS_OUTPUT", "")
 MAX_BACKLOG_S = 1.0  # a user this far behind its schedule gives the backlog up
 
 
-class SoakUser(base.PredictUser):
+class SoakUser(users.PredictUser):
     """A Predict user sending one request every ``users / SOAK_RATE`` seconds on a schedule: a
     slow answer shortens the next waits until the user is back on time (so the average rate is
     the target), but a user more than ``MAX_BACKLOG_S`` behind starts afresh rather than
@@ -90,23 +92,43 @@ class _Windows:
         return rows
 
 
-WINDOWS = _Windows()
+class SoakWindows:
+    """The per-window histograms of one Environment's soak run, and the listeners that fill and
+    write them."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
+        self.windows = _Windows()
+
+    @classmethod
+    def install(cls, environment: Environment, **_: Any) -> SoakWindows:
+        """The ``events.init`` listener: windows for ``environment``, listeners registered."""
+        soak = cls(environment)
+        environment.events.test_start.add_listener(soak.on_test_start)
+        environment.events.request.add_listener(soak.on_request)
+        environment.events.quitting.add_listener(soak.on_quitting)
+        return soak
+
+    def on_test_start(self, **_: Any) -> None:
+        """One set of windows per test run."""
+        self.windows = _Windows()
+
+    def on_request(self, response_time: float, exception: BaseException | None, **_: Any) -> None:
+        """Every request, ours or not, lands in its window."""
+        self.windows.record(response_time, exception is not None)
+
+    def on_quitting(self, **_: Any) -> None:
+        """Write ``SOAK_WINDOWS_OUTPUT``."""
+        if OUTPUT:
+            write_json_atomically(
+                Path(OUTPUT),
+                {"rate": RATE, "window_s": WINDOW_S, "windows": self.windows.summary()},
+            )
 
 
-@events.test_start.add_listener
-def _on_test_start(environment: Environment, **_: Any) -> None:
-    global WINDOWS  # noqa: PLW0603 - one set of windows per test run
-    WINDOWS = _Windows()
+# gRPC must use gevent's event loop before any user creates a channel (as in locustfile.py).
+grpc_gevent.init_gevent()
 
-
-@events.request.add_listener
-def _on_request(response_time: float, exception: BaseException | None, **_: Any) -> None:
-    WINDOWS.record(response_time, exception is not None)
-
-
-@events.quitting.add_listener
-def _on_quitting(environment: Environment, **_: Any) -> None:
-    if OUTPUT:
-        write_json_atomically(
-            Path(OUTPUT), {"rate": RATE, "window_s": WINDOW_S, "windows": WINDOWS.summary()}
-        )
+events.init_command_line_parser.add_listener(add_arguments)
+events.init.add_listener(LoadtestPlugin.install)
+events.init.add_listener(SoakWindows.install)

@@ -43,7 +43,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import INPUT_NAME, OUTPUT_CLASSES, SIGNATURE_NAME
-from loadtest.recorder import parse_key
+from loadtest.record.recorder import parse_key
 
 # The first test also builds the images: a cold build (TensorFlow wheels downloaded) takes minutes.
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]

@@ -163,7 +163,7 @@ def test_the_checker_sees_the_packages():
         "serving.client",
         "mnist_data",
         "harness.server",
-        "loadtest.sweep",
+        "loadtest.run.sweep",
         "benchmarks.serving",
         "tools.audit",
         "tests.conftest",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,10 +11,12 @@ import sys
 
 import pytest
 
-from loadtest import sweep
-from loadtest.opprofile import OP_COLUMNS, OP_KINDS
+from loadtest import cli, plan
+from loadtest.cells import COLUMNS
 from loadtest.report.analysis import RATIO_COLUMNS
-from loadtest.results import COLUMNS
+from loadtest.run import sweep
+from loadtest.run.locust import locust_worker_processes
+from loadtest.run.opprofile import OP_COLUMNS, OP_KINDS
 
 
 @pytest.fixture
@@ -29,7 +32,7 @@ def models_dir(tmp_path):
         (["--models", "standard,mobilenet"], "--models: unknown mobilenet"),
         (["--batch-sizes", "1,x"], "--batch-sizes: 'x' is not an integer"),
         (["--batch-sizes", "0"], "--batch-sizes: 0 is out of range"),
-        (["--concurrency", "1,,8"], "--concurrency: expected a comma-separated list"),
+        (["--concurrency", "1,,8"], "--concurrency: empty item in '1,,8'"),
         (["--concurrency", ""], "--concurrency: expected a comma-separated list"),
         (["--protocols", "grpc,soap"], "--protocols: unknown soap"),
         (["--duration", "0"], "--duration: must be ≥ 1"),
@@ -85,14 +88,14 @@ def test_cli_error_from_a_real_process(tmp_path):
 
 
 def test_default_is_the_short_demo_grid_and_full_is_one_flag_away(models_dir):
-    demo = sweep.config_from_args(["--models-dir", str(models_dir)])
-    assert demo.grid == sweep.DEMO_GRID
+    demo = cli.config_from_args(["--models-dir", str(models_dir)])
+    assert demo.grid == plan.DEMO_GRID
     assert len(demo.grid.served_cells()) == 32
-    full = sweep.config_from_args(["--models-dir", str(models_dir), "--full"])
+    full = cli.config_from_args(["--models-dir", str(models_dir), "--full"])
     assert full.grid.batch_sizes == (1, 32, 256)
     assert full.grid.concurrency == (1, 8, 32)
     assert {"onnx", "tensorflow"} <= set(full.grid.runtimes)
-    narrowed = sweep.config_from_args(
+    narrowed = cli.config_from_args(
         ["--models-dir", str(models_dir), "--full", "--runtimes", "onnx", "--duration", "4"]
     )
     assert narrowed.grid.runtimes == ("onnx",)
@@ -101,14 +104,14 @@ def test_default_is_the_short_demo_grid_and_full_is_one_flag_away(models_dir):
     # Repetitions: 1 for the demo, 3 with --full, --repeats overrides either.
     assert demo.grid.repeats == 1 and full.grid.repeats == 3
     assert len(full.grid.served_cells()) == 3 * len(
-        sweep.replace(full.grid, repeats=1).served_cells()
+        dataclasses.replace(full.grid, repeats=1).served_cells()
     )
-    again = sweep.config_from_args(["--models-dir", str(models_dir), "--repeats", "4"])
+    again = cli.config_from_args(["--models-dir", str(models_dir), "--repeats", "4"])
     assert again.grid.repeats == 4 and again.grid.batch_sizes == demo.grid.batch_sizes
 
 
 def test_repetitions_alternate_the_models_a_b_b_a(models_dir):
-    config = sweep.config_from_args(
+    config = cli.config_from_args(
         [
             *("--models-dir", str(models_dir), "--runtimes", "onnx", "--protocols", "grpc"),
             *("--batch-sizes", "1", "--concurrency", "1", "--repeats", "4"),
@@ -131,7 +134,7 @@ def test_repetitions_alternate_the_models_a_b_b_a(models_dir):
 
 
 def test_axis_values_are_deduplicated_in_order(models_dir):
-    config = sweep.config_from_args(
+    config = cli.config_from_args(
         ["--models-dir", str(models_dir), "--batch-sizes", "32,1,32", "--protocols", "rest,grpc"]
     )
     assert config.grid.batch_sizes == (32, 1)
@@ -139,23 +142,23 @@ def test_axis_values_are_deduplicated_in_order(models_dir):
 
 
 def test_target_takes_rest_on_the_next_port_by_default(tmp_path):
-    config = sweep.config_from_args(
+    config = cli.config_from_args(
         ["--target", "10.0.0.5:8500", "--runtimes", "tensorflow", "--models-dir", str(tmp_path)]
     )
-    assert config.target == sweep.Target(grpc="10.0.0.5:8500", rest_url="http://10.0.0.5:8501")
+    assert config.target == plan.Target(grpc="10.0.0.5:8500", rest_url="http://10.0.0.5:8501")
 
 
 def test_worker_processes_follow_concurrency_and_cores():
-    assert sweep.worker_processes(1, None) == 0  # one user: Locust's local runner
-    assert sweep.worker_processes(8, 3) == 3
-    assert sweep.worker_processes(2, 8) == 2
-    assert 0 <= sweep.worker_processes(32, None) <= 32
-    assert sweep.worker_processes(32, None, cores=1) == 0  # pinned to one core: local runner
-    assert sweep.worker_processes(32, None, cores=2) == 2
+    assert locust_worker_processes(1, None) == 0  # one user: Locust's local runner
+    assert locust_worker_processes(8, 3) == 3
+    assert locust_worker_processes(2, 8) == 2
+    assert 0 <= locust_worker_processes(32, None) <= 32
+    assert locust_worker_processes(32, None, cores=1) == 0  # pinned to one core: local runner
+    assert locust_worker_processes(32, None, cores=2) == 2
 
 
 def test_pinned_runs_a_child_on_the_given_cores_and_restores_the_affinity():
-    from loadtest.cpu import pinned, usable_cpus
+    from loadtest.run.cpu import pinned, usable_cpus
 
     before = usable_cpus()
     cpu = min(before)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadtest import hdr
-from loadtest.recorder import (
+from loadtest.record import hdr
+from loadtest.record.recorder import (
     Recorder,
     key_string,
     merge_snapshots,

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from harness import ServerProcess
-from loadtest import hdr
-from loadtest.inprocess import measure_runtime
-from loadtest.recorder import read_run_output
-from loadtest.results import COLUMNS
-from loadtest.sweep import LOCUSTFILE
+from loadtest.cells import COLUMNS
+from loadtest.record import hdr
+from loadtest.record.recorder import read_run_output
+from loadtest.run.floor import measure_runtime
+from loadtest.run.locust import LOCUSTFILE, locust_command
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,26 +30,7 @@ def run_locust_with_output(
 ) -> tuple[dict, str]:
     """Locust headless against ``server``: (merged HDR results, stdout + stderr)."""
     prefix = tmp_path / name
-    command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--only-summary",
-        "--stop-timeout",
-        "0",
-        "--host",
-        server.rest_url,
-        "--grpc-target",
-        server.grpc_target,
-        "--csv",
-        str(prefix),
-        "--hdr-output",
-        f"{prefix}_hdr.json",
-        *args,
-    ]
+    command = locust_command(prefix, server.rest_url, server.grpc_target, args)
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return read_run_output(Path(f"{prefix}_hdr.json")), result.stdout + result.stderr

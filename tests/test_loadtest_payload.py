@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from loadtest import payload
+from loadtest.record import payload
 
 
 @pytest.fixture(scope="module")

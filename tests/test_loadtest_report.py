@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from loadtest import report
+from loadtest.cells import COLUMNS, read_results, sample_key, write_results
 from loadtest.flops import REFERENCE_COSTS, TRAINING_METRICS_IN_VERSION, model_costs
-from loadtest.opprofile import GraphCosts, conv_kind
-from loadtest.phases import parse_phase_totals, phase_means
 from loadtest.report.analysis import (
     FLAG_INTERFERENCE,
     FLAG_NO_DIFFERENCE,
@@ -28,7 +27,8 @@ from loadtest.report.analysis import (
     stable,
 )
 from loadtest.report.data import Index, load_run
-from loadtest.results import COLUMNS, read_results, sample_key, write_results
+from loadtest.run.opprofile import GraphCosts, conv_kind
+from loadtest.run.phases import parse_phase_totals, phase_means
 
 FIXTURE = Path(__file__).parent / "data" / "loadtest_run"
 REPO = Path(__file__).parent.parent
@@ -405,7 +405,7 @@ def test_index_combines_repetitions_with_medians_and_spreads():
 
 
 def read_row(row: dict):
-    from loadtest.results import normalize
+    from loadtest.cells import normalize
 
     return normalize(row)
 
@@ -487,7 +487,7 @@ def test_costs_come_from_the_export_and_match_the_onnx_graph(exported_repository
 
 
 def test_operator_profile_of_the_exported_models(exported_repository):
-    from loadtest.opprofile import OP_KINDS, profile_rows
+    from loadtest.run.opprofile import OP_KINDS, profile_rows
 
     rows = profile_rows("onnx", exported_repository, ["standard", "separable"], [1, 4])
     assert {(r["model"], r["batch_size"]) for r in rows} == {
@@ -512,7 +512,7 @@ def test_operator_profile_of_the_exported_models(exported_repository):
 
 def test_tensorflow_operator_profile_from_its_own_profiler(exported_repository):
     pytest.importorskip("tensorflow")
-    from loadtest.opprofile import profile_rows
+    from loadtest.run.opprofile import profile_rows
 
     rows = profile_rows("tensorflow", exported_repository, ["standard", "separable"], [2])
     by = {(r["model"], r["op_kind"]): r for r in rows}

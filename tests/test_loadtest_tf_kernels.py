@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.opprofile import tf_kernel_base, tf_kind
+from loadtest.run.opprofile_tf import tf_kernel_base, tf_kind
 
 # (kernel name as TF 2.21's profiler reports it, its layer holds a depthwise kernel, kind)
 REAL_KERNELS = [

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from harness import ServerProcess, free_port
-from loadtest import hdr, webui
-from loadtest.sweep import LOCUSTFILE
+from loadtest.record import hdr, webui
+from loadtest.run.locust import LOCUSTFILE
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -228,7 +228,7 @@ def test_comparison_tab_in_a_real_browser(locust_ui: str, tmp_path: Path) -> Non
 
 
 def _merged(latencies_us: dict[tuple[str, str, int], list[float]]) -> dict[str, Any]:
-    from loadtest.recorder import Recorder, key_string, merge_snapshots
+    from loadtest.record.recorder import Recorder, key_string, merge_snapshots
 
     recorder = Recorder()
     for (model, protocol, batch), values in latencies_us.items():

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadtest.payload import rest_body
+from loadtest.record.payload import rest_body
 from serving.errors import ServingError
 from serving.runtimes import Signature, TensorSpec
 from serving.transport import rest_json

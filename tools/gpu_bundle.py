@@ -249,7 +249,7 @@ def write_test_set(output: Path) -> Path:
     mnist = load_mnist()
     path = output / "data" / "keras" / "datasets" / "mnist.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Test arrays only: loadtest.payload reads just these (a quarter of the full file's size).
+    # Test arrays only: loadtest.record.payload reads just these (a quarter of the full file).
     np.savez_compressed(path, x_test=mnist.x_test, y_test=mnist.y_test)
     return path
 

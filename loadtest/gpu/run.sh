@@ -177,7 +177,7 @@ need_torch, device = sys.argv[1] == "1", sys.argv[2]
 import grpc_health.v1.health_pb2  # noqa: F401
 import hdrh.histogram  # noqa: F401
 import locust  # noqa: F401
-import loadtest.sweep  # noqa: F401
+import loadtest.run.sweep  # noqa: F401
 import serving.server  # noqa: F401
 from contract.protos import predict_pb2  # noqa: F401
 
@@ -201,7 +201,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.payload import load_test_set, to_float
+from loadtest.record.payload import load_test_set, to_float
 from serving.runtimes import RuntimeOptions, load_runtime
 
 models_dir, names, device = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]

@@ -43,8 +43,7 @@ __all__ = [
 ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.report RUN_DIR`` or ``--compare RUN_A RUN_B``."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.report",
         description="Render report.md from a sweep's saved results, or compare two runs.",
@@ -66,22 +65,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --compare: line up runtime A of RUN_A with runtime B of RUN_B per cell "
         "(e.g. onnx=torch); repeatable",
     )
-    args = parser.parse_args(argv)
-    if bool(args.run_dir) == bool(args.compare):
-        parser.error("give either RUN_DIR or --compare RUN_A RUN_B")
+    return parser
+
+
+def _runtime_pairs(parser: argparse.ArgumentParser, texts: Sequence[str]) -> dict[str, str]:
     pairs: dict[str, str] = {}
-    for pair in args.pair_runtimes:
+    for pair in texts:
         runtime_a, sep, runtime_b = pair.partition("=")
         if not (sep and runtime_a and runtime_b) or runtime_a in pairs:
             parser.error(f"--pair-runtimes {pair!r}: expected A=B, each A once")
         pairs[runtime_a] = runtime_b
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m loadtest.report RUN_DIR`` or ``--compare RUN_A RUN_B``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if bool(args.run_dir) == bool(args.compare):
+        parser.error("give either RUN_DIR or --compare RUN_A RUN_B")
+    if args.headline and not args.run_dir:
+        parser.error("--headline needs RUN_DIR")
+    pairs = _runtime_pairs(parser, args.pair_runtimes)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
     try:
         if args.headline:
-            if not args.run_dir:
-                parser.error("--headline needs RUN_DIR")
             print(headline(args.run_dir))
             return 0
         if args.compare:

@@ -1,5 +1,5 @@
-"""Numbers derived from a run: separable ÷ standard ratios with intervals, serving overhead,
-the server's own time breakdown, and the per-operator profile by layer kind.
+"""Numbers derived from a run: separable ÷ standard ratios with intervals, their flags, and the
+speedup table (where the time goes is :mod:`loadtest.report.breakdown`).
 
 Ratios (``ratios.csv``) are of images per second, separable ÷ standard, so above 1 the
 separable model is faster. Per cell and mode:
@@ -19,12 +19,19 @@ from __future__ import annotations
 import csv
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
+from loadtest.cells import (
+    IN_PROCESS,
+    SERVED,
+    CellKey,
+    Row,
+    sample_key,
+)
 from loadtest.report.data import (
     SEPARABLE,
     STANDARD,
@@ -37,7 +44,6 @@ from loadtest.report.data import (
     num,
     saturated_cells,
 )
-from loadtest.results import IN_PROCESS_PROTOCOL, SERVER_PHASES, Row, sample_key
 
 RATIOS_CSV = "ratios.csv"
 BOOTSTRAP_RESAMPLES = 2000
@@ -152,7 +158,7 @@ def stable(values: Sequence[float]) -> bool | None:
     return False
 
 
-def _interval_agrees(a: tuple[float, float], b: tuple[float, float]) -> bool:
+def interval_agrees(a: tuple[float, float], b: tuple[float, float]) -> bool:
     (a_low, a_high), (b_low, b_high) = a, b
     tolerance = INFER_TOLERANCE
     return a_low * (1 - tolerance) <= b_high * (1 + tolerance) and b_low * (
@@ -168,11 +174,10 @@ def infer_check(index: Index, key: Key) -> tuple[float, float, float, float] | N
     phase times (its mean per request); the harness around it (batch slicing, the accuracy
     check) is not in either.
     """
-    runtime, device, model, _, mode, batch, concurrency = key
-    if mode != "served" or concurrency != 1:
+    if key.mode != SERVED or key.concurrency != 1:
         return None
     served = index.spread(key, "server_infer_ms")
-    in_process_key = Index.key((runtime, device), model, IN_PROCESS_PROTOCOL, batch, 1)
+    in_process_key = CellKey.in_process(key.runtime, key.device, key.model, key.batch_size)
     calls = index.spread(in_process_key, "p50_ms")
     if served is None or calls is None:
         return None
@@ -182,9 +187,8 @@ def infer_check(index: Index, key: Key) -> tuple[float, float, float, float] | N
 def _infer_flags(index: Index, key: Key) -> list[str]:
     flags = []
     for model in (STANDARD, SEPARABLE):
-        model_key: Key = (key[0], key[1], model, *key[3:])
-        check = infer_check(index, model_key)
-        if check and not _interval_agrees(check[:2], check[2:]):
+        check = infer_check(index, replace(key, model=model))
+        if check and not interval_agrees(check[:2], check[2:]):
             flags.append(
                 f"{FLAG_INFER} ({model}: {check[0]:.3f}–{check[1]:.3f} ms vs "
                 f"{check[2]:.3f}–{check[3]:.3f} ms)"
@@ -199,7 +203,7 @@ def _cell_flags(
     for model in (STANDARD, SEPARABLE):
         if stable([m.value for m in reps[model]]) is False:
             flags.append(f"{FLAG_UNSTABLE} ({model})")
-    model_keys = [(key[0], key[1], m, *key[3:]) for m in (STANDARD, SEPARABLE)]
+    model_keys = [replace(key, model=m) for m in (STANDARD, SEPARABLE)]
     if any(cell_slug(row) in saturated for k in model_keys for row in index.repetitions.get(k, [])):
         flags.append(FLAG_SATURATED)
     return flags
@@ -209,63 +213,94 @@ def _images_per_s(row: Row | None) -> float | None:
     return num(row["images_per_s"]) if row else None
 
 
+def _ratio_cells(index: Index) -> list[CellKey]:
+    """The cells a ratio compares, model left out (``""``), in the order of ``ratios.csv``:
+    in-process first, then gRPC, then other protocols."""
+    cells = {replace(k, model="") for k in index.repetitions}
+    return sorted(
+        cells,
+        key=lambda c: (
+            c.runtime,
+            c.device,
+            c.mode != IN_PROCESS,
+            c.protocol != "grpc",
+            c.protocol,
+            c.batch_size,
+            c.concurrency,
+        ),
+    )
+
+
+def _interval_flags(
+    cell: CellKey,
+    interval: tuple[float, float, float, bool],
+    in_process: dict[tuple[str, str, int], tuple[float, float]],
+) -> list[str]:
+    """Flags of a measured ratio interval; an in-process interval is remembered in
+    ``in_process`` for the served cells of the same (runtime, device, batch) that follow."""
+    _, low, high, has_interval = interval
+    flags = []
+    if not has_interval:
+        flags.append(FLAG_SINGLE)
+    elif low <= 1.0 <= high:
+        flags.append(FLAG_NO_DIFFERENCE)
+    where = (cell.runtime, cell.device, cell.batch_size)
+    if cell.mode == IN_PROCESS:
+        in_process[where] = (low, high)
+    elif where in in_process and low > in_process[where][1]:
+        flags.append(FLAG_INTERFERENCE)
+    return flags
+
+
+def _ratio_row(
+    index: Index,
+    cell: CellKey,
+    samples: Mapping[str, list[float]],
+    saturated: set[str],
+    in_process: dict[tuple[str, str, int], tuple[float, float]],
+) -> RatioRow | None:
+    """The ratio of ``cell`` (model left out), or ``None`` when a model was not measured."""
+    keys = {m: replace(cell, model=m) for m in (STANDARD, SEPARABLE)}
+    if not all(k in index.repetitions for k in keys.values()):
+        return None
+    reps = {m: _repetitions(index, keys[m], samples) for m in keys}
+    combined = {m: index.by_key(k) for m, k in keys.items()}
+    result = ratio_interval(reps[STANDARD], reps[SEPARABLE])
+    flags: list[str] = []
+    median = low = high = None
+    if result is None or not all(completed(r) for r in combined.values()):
+        flags.append(FLAG_NO_REQUEST)
+    else:
+        median, low, high, _ = result
+        flags += _interval_flags(cell, result, in_process)
+    flags += _cell_flags(index, keys[STANDARD], reps, saturated)
+    flags += _infer_flags(index, keys[STANDARD])
+    return RatioRow(
+        runtime=cell.runtime,
+        device=cell.device,
+        mode=cell.mode,
+        protocol=cell.protocol,
+        batch_size=cell.batch_size,
+        concurrency=cell.concurrency,
+        repeats=max(len(index.repetitions[k]) for k in keys.values()),
+        standard_images_per_s=_images_per_s(combined[STANDARD]),
+        separable_images_per_s=_images_per_s(combined[SEPARABLE]),
+        ratio_median=median,
+        ratio_low=low,
+        ratio_high=high,
+        flag="; ".join(flags),
+    )
+
+
 def compute_ratios(run: Run) -> list[RatioRow]:
     """One :class:`RatioRow` per cell and mode with both models measured."""
     index = Index(run.rows)
-    samples = run.samples
     saturated = saturated_cells(run.meta)
-    cells = sorted(
-        {(k[0], k[1], k[4], k[3], k[5], k[6]) for k in index.repetitions},
-        key=lambda c: (c[0], c[1], c[2] != "in-process", c[3] != "grpc", c[3], c[4], c[5]),
-    )
-    out: list[RatioRow] = []
     in_process: dict[tuple[str, str, int], tuple[float, float]] = {}
-    for runtime, device, mode, protocol, batch, concurrency in cells:
-        keys = {
-            m: (runtime, device, m, protocol, mode, batch, concurrency)
-            for m in (STANDARD, SEPARABLE)
-        }
-        if not all(k in index.repetitions for k in keys.values()):
-            continue
-        reps = {m: _repetitions(index, keys[m], samples) for m in keys}
-        combined = {m: index.get((runtime, device), m, protocol, batch, concurrency) for m in keys}
-        result = ratio_interval(reps[STANDARD], reps[SEPARABLE])
-        flags: list[str] = []
-        median = low = high = None
-        if result is None or not all(completed(r) for r in combined.values()):
-            flags.append(FLAG_NO_REQUEST)
-        else:
-            median, low, high, has_interval = result
-            if not has_interval:
-                flags.append(FLAG_SINGLE)
-            elif low <= 1.0 <= high:
-                flags.append(FLAG_NO_DIFFERENCE)
-            if mode == "in-process":
-                in_process[(runtime, device, batch)] = (low, high)
-            elif (runtime, device, batch) in in_process and low > in_process[
-                (runtime, device, batch)
-            ][1]:
-                flags.append(FLAG_INTERFERENCE)
-        flags += _cell_flags(index, keys[STANDARD], reps, saturated)
-        flags += _infer_flags(index, keys[STANDARD])
-        out.append(
-            RatioRow(
-                runtime=runtime,
-                device=device,
-                mode=mode,
-                protocol=protocol,
-                batch_size=batch,
-                concurrency=concurrency,
-                repeats=max(len(index.repetitions[k]) for k in keys.values()),
-                standard_images_per_s=_images_per_s(combined[STANDARD]),
-                separable_images_per_s=_images_per_s(combined[SEPARABLE]),
-                ratio_median=median,
-                ratio_low=low,
-                ratio_high=high,
-                flag="; ".join(flags),
-            )
-        )
-    return out
+    rows = [
+        _ratio_row(index, cell, run.samples, saturated, in_process) for cell in _ratio_cells(index)
+    ]
+    return [row for row in rows if row is not None]
 
 
 def write_ratios(run_dir: Path, ratios: Sequence[RatioRow] | None = None) -> list[RatioRow]:
@@ -350,198 +385,3 @@ def fmt_interval(row: RatioRow | None) -> str:
     ):
         text += f" [{row['ratio_low']:.2f}–{row['ratio_high']:.2f}]"
     return text
-
-
-# --- serving overhead and the server's breakdown -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Overhead:
-    """Served p50 minus in-process p50 for one (runtime, device, model, protocol, batch)."""
-
-    runtime: str
-    device: str
-    model: str
-    protocol: str
-    batch_size: int
-    concurrency: int
-    in_process_ms: float
-    served_ms: float
-
-    @property
-    def overhead_ms(self) -> float:
-        """What the server, the network stack and serialization add."""
-        return self.served_ms - self.in_process_ms
-
-    @property
-    def share(self) -> float:
-        """Overhead as a fraction of the served latency."""
-        return max(self.overhead_ms, 0.0) / self.served_ms if self.served_ms > 0 else 0.0
-
-
-def _lowest_concurrency(
-    index: Index, runtime: str, device: str, protocol: str, batch: int
-) -> int | None:
-    levels = index.values(
-        "concurrency",
-        runtime=runtime,
-        device=device,
-        protocol=protocol,
-        batch_size=batch,
-        mode="served",
-    )
-    return levels[0] if levels else None
-
-
-def overheads(index: Index) -> list[Overhead]:
-    """Serving overhead at the lowest measured concurrency, wherever both rows exist."""
-    out = []
-    for runtime, device in index.groups():
-        for model in (STANDARD, SEPARABLE):
-            for protocol in index.protocols(runtime, device):
-                for batch in index.values("batch_size", runtime=runtime, device=device):
-                    lowest = _lowest_concurrency(index, runtime, device, protocol, batch)
-                    if lowest is None:
-                        continue
-                    base = index.get((runtime, device), model, IN_PROCESS_PROTOCOL, batch, 1)
-                    served = index.get((runtime, device), model, protocol, batch, lowest)
-                    base_ms = num(base["p50_ms"]) if base else None
-                    served_ms = num(served["p50_ms"]) if served else None
-                    if base_ms is None or served_ms is None:
-                        continue
-                    out.append(
-                        Overhead(
-                            runtime, device, model, protocol, batch, lowest, base_ms, served_ms
-                        )
-                    )
-    return out
-
-
-@dataclass(frozen=True)
-class Breakdown:
-    """Where a served request's time goes (means per request, ms): client + transport (the
-    client's mean latency minus the server's phases), server framework (decode + queue + encode)
-    and model inference.
-
-    The client's mean latency is users ÷ requests/s (Little's law for Locust's closed loop
-    without waiting time), so it counts every request of the window like the server's means.
-    """
-
-    runtime: str
-    device: str
-    model: str
-    protocol: str
-    batch_size: int
-    concurrency: int
-    latency_ms: float
-    decode_ms: float
-    queue_ms: float
-    infer_ms: float
-    encode_ms: float
-    check: tuple[float, float, float, float] | None
-
-    @property
-    def framework_ms(self) -> float:
-        """Decode + queue + encode inside the server."""
-        return self.decode_ms + self.queue_ms + self.encode_ms
-
-    @property
-    def client_transport_ms(self) -> float:
-        """What the server does not see: client, network stack, HTTP/2 or HTTP framing."""
-        return max(self.latency_ms - self.framework_ms - self.infer_ms, 0.0)
-
-    @property
-    def agrees(self) -> bool | None:
-        """Served inference vs in-process call time within the interval (``None``: no check)."""
-        return None if self.check is None else _interval_agrees(self.check[:2], self.check[2:])
-
-
-def breakdowns(index: Index) -> list[Breakdown]:
-    """The server's breakdown of every served cell at its lowest concurrency that has phases."""
-    out = []
-    for row in index.rows:
-        if row["mode"] != "served" or not completed(row):
-            continue
-        lowest = _lowest_concurrency(
-            index, row["runtime"], row["device"], row["protocol"], row["batch_size"]
-        )
-        phases = [num(row[f"server_{p}_ms"]) for p in SERVER_PHASES]  # type: ignore[literal-required]
-        rate = num(row["requests_per_s"])
-        if row["concurrency"] != lowest or any(p is None for p in phases) or not rate:
-            continue
-        decode, queue, infer, encode = (float(p or 0.0) for p in phases)
-        key = Index.key(
-            (row["runtime"], row["device"]),
-            row["model"],
-            row["protocol"],
-            row["batch_size"],
-            row["concurrency"],
-        )
-        out.append(
-            Breakdown(
-                row["runtime"],
-                row["device"],
-                row["model"],
-                row["protocol"],
-                row["batch_size"],
-                row["concurrency"],
-                1000.0 * row["concurrency"] / rate,
-                decode,
-                queue,
-                infer,
-                encode,
-                infer_check(index, key),
-            )
-        )
-    out.sort(
-        key=lambda b: (b.runtime, b.device, b.protocol != "grpc", b.batch_size, b.model != STANDARD)
-    )
-    return out
-
-
-# --- per-operator profile -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KindShare:
-    """One layer kind of one model at one batch size."""
-
-    model: str
-    batch_size: int
-    kind: str
-    ms: float
-    macs: int
-    gmacs_per_s: float | None
-    share: float  # of the model's total time per call
-
-
-def kind_shares(run: Run, runtime: str = "onnx") -> list[KindShare]:
-    """The operator profile of ``runtime`` with each kind's share of its model's time."""
-    rows = [r for r in run.opprofile if r["runtime"] == runtime]
-    totals: dict[tuple[str, int], float] = {}
-    for r in rows:
-        totals[(r["model"], r["batch_size"])] = (
-            totals.get((r["model"], r["batch_size"]), 0.0) + r["ms"]
-        )
-    return [
-        KindShare(
-            r["model"],
-            r["batch_size"],
-            r["op_kind"],
-            r["ms"],
-            r["macs"],
-            r["gmacs_per_s"],
-            r["ms"] / totals[(r["model"], r["batch_size"])]
-            if totals[(r["model"], r["batch_size"])] > 0
-            else 0.0,
-        )
-        for r in rows
-    ]
-
-
-def profiles(run: Run) -> dict[str, list[KindShare]]:
-    """The operator profile of every profiled runtime, by runtime."""
-    return {
-        runtime: kind_shares(run, runtime)
-        for runtime in dict.fromkeys(r["runtime"] for r in run.opprofile)
-    }

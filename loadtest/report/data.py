@@ -15,37 +15,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from loadtest.flops import REFERENCE_COSTS
-from loadtest.opprofile import OPPROFILE_CSV, OpRow, read_opprofile
-from loadtest.results import (
+from loadtest.cells import (
     COLUMNS,
+    IN_PROCESS,
     IN_PROCESS_PROTOCOL,
+    SERVED,
     STR_COLUMNS,
+    CellKey,
     Row,
     history_samples,
     read_results,
     sample_key,
 )
+from loadtest.flops import REFERENCE_COSTS
+from loadtest.run.opprofile import OPPROFILE_CSV, OpRow, read_opprofile
 
 STANDARD, SEPARABLE = "standard", "separable"
 MODEL_COLORS = {STANDARD: "#1f77b4", SEPARABLE: "#d62728"}
 PLOTS_DIR = "plots"
 
-# (runtime, device, model, protocol, mode, batch_size, concurrency)
-Key = tuple[str, str, str, str, str, int, int]
+# A cell of the report: its key with repeat 0, shared by all its repetitions.
+Key = CellKey
 
 
 def row_key(row: Row) -> Key:
     """The cell a row belongs to (all repetitions share it)."""
-    return (
-        row["runtime"],
-        row["device"],
-        row["model"],
-        row["protocol"],
-        row["mode"],
-        row["batch_size"],
-        row["concurrency"],
-    )
+    return CellKey.from_row(row).cell
 
 
 def num(value: Any) -> float | None:
@@ -135,14 +130,19 @@ class Index:
     @staticmethod
     def key(group: tuple[str, str], model: str, protocol: str, batch: int, concurrency: int) -> Key:
         """The key of a cell of (runtime, device) ``group``."""
-        mode = "in-process" if protocol == IN_PROCESS_PROTOCOL else "served"
-        return (*group, model, protocol, mode, batch, concurrency)
+        mode = IN_PROCESS if protocol == IN_PROCESS_PROTOCOL else SERVED
+        runtime, device = group
+        return CellKey(runtime, device, mode, protocol, model, batch, concurrency)
 
     def get(
         self, group: tuple[str, str], model: str, protocol: str, batch: int, concurrency: int
     ) -> Row | None:
         """One combined row of (runtime, device) ``group`` (``protocol`` ``none``: in-process)."""
         return self._by_key.get(self.key(group, model, protocol, batch, concurrency))
+
+    def by_key(self, key: Key) -> Row | None:
+        """The combined row of a cell."""
+        return self._by_key.get(key)
 
     def spread(self, key: Key, column: str) -> tuple[float, float] | None:
         """Lowest and highest ``column`` over a cell's repetitions."""
@@ -269,11 +269,7 @@ def load_run(path: Path) -> Run:
 
 def cell_slug(row: Row) -> str:
     """The id the sweep gives a served cell: ``onnx-standard-grpc-b32-c8`` (``-r1`` …)."""
-    base = (
-        f"{row['runtime']}-{row['model']}-{row['protocol']}-b{row['batch_size']}"
-        f"-c{row['concurrency']}"
-    )
-    return f"{base}-r{row['repeat']}" if row["repeat"] else base
+    return CellKey.from_row(row).slug
 
 
 def saturated_cells(meta: Mapping[str, Any]) -> set[str]:

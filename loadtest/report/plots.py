@@ -4,21 +4,14 @@ for ratios and the lowest…highest value over repetitions for per-model figures
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtest.report.analysis import Breakdown, KindShare, Overhead, Speedup
-from loadtest.report.data import (
-    MODEL_COLORS,
-    SEPARABLE,
-    STANDARD,
-    Index,
-    Key,
-    num,
-    protocol_name,
-)
-from loadtest.results import IN_PROCESS_PROTOCOL, Row
+from loadtest.cells import IN_PROCESS_PROTOCOL, Row
+from loadtest.report.analysis import Speedup
+from loadtest.report.data import MODEL_COLORS, SEPARABLE, STANDARD, Index, Key, num, protocol_name
 
 
 def best_cell(
@@ -75,13 +68,13 @@ def _log10_y(ax: Any) -> None:
     ax.yaxis.set_minor_locator(NullLocator())
 
 
-def _panel_grid(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+def panel_grid(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
     """A figure of ``rows`` x ``columns`` axes (always 2-D) in the constrained layout that
-    ``_finish`` needs for its title and legend."""
+    ``finish`` needs for its title and legend."""
     return pyplot().subplots(rows, columns, figsize=figsize, squeeze=False, layout="constrained")
 
 
-def _finish(fig: Any, title: str, path: Path, dpi: int = 100) -> Path:
+def finish(fig: Any, title: str, path: Path, dpi: int = 100) -> Path:
     """Title above the panels, one legend (from the first axes with labelled artists) below.
 
     The figure must use the constrained layout, which makes room for both.
@@ -100,28 +93,21 @@ def _finish(fig: Any, title: str, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
-    """Grouped bars of measured ratios per (runtime, device, batch) with their 95 % intervals
-    as error bars and the MACs ratio as a line."""
-    if not table:
-        return None
-    plt = pyplot()
-    import numpy as np
-
+def _speedup_series(table: Sequence[Speedup]) -> dict[str, list[Any]]:
+    """The ratio rows per bar series (in-process, then each protocol), measured ones only."""
     protocols = sorted({p for s in table for p in s.served}, key=lambda p: (p != "grpc", p))
     series: dict[str, list[Any]] = {"in-process": [s.in_process for s in table]}
     for protocol in protocols:
         series[f"served {protocol_name(protocol)}"] = [s.served.get(protocol) for s in table]
-    series = {
-        k: v for k, v in series.items() if any(r and r["ratio_median"] is not None for r in v)
-    }
-    if not series:
-        return None
-    labels = [f"{s.runtime}/{s.device}\nbatch {s.batch_size}" for s in table]
-    x = np.arange(len(table))
+    return {k: v for k, v in series.items() if any(r and r["ratio_median"] is not None for r in v)}
+
+
+def _ratio_bars(ax: Any, x: Any, series: dict[str, list[Any]]) -> float:
+    """Grouped bars with 95 % intervals; the highest interval end."""
+    import numpy as np
+
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(table) + 2), 4.5))
-    top = table[0].macs_ratio
+    top = 0.0
     for i, (name, rows) in enumerate(series.items()):
         values = [
             r["ratio_median"] if r and r["ratio_median"] is not None else np.nan for r in rows
@@ -144,6 +130,24 @@ def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
         )
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
         top = max(top, *(r["ratio_high"] for r in rows if r and r["ratio_high"] is not None))
+    return top
+
+
+def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
+    """Grouped bars of measured ratios per (runtime, device, batch) with their 95 % intervals
+    as error bars and the MACs ratio as a line."""
+    if not table:
+        return None
+    plt = pyplot()
+    import numpy as np
+
+    series = _speedup_series(table)
+    if not series:
+        return None
+    labels = [f"{s.runtime}/{s.device}\nbatch {s.batch_size}" for s in table]
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(table) + 2), 4.5))
+    top = max(table[0].macs_ratio, _ratio_bars(ax, x, series))
     ratio = table[0].macs_ratio
     ax.axhline(
         ratio,
@@ -165,6 +169,79 @@ def plot_flops_vs_reality(table: Sequence[Speedup], path: Path) -> Path | None:
     return path
 
 
+def _latency_points(
+    index: Index, key: Key, levels: Sequence[int]
+) -> list[tuple[int, Row, tuple[float, float]]]:
+    """(users, combined row, lowest and highest p50 over repetitions) at each level measured."""
+    points = []
+    for users in levels:
+        at = replace(key, concurrency=users)
+        found = index.by_key(at)
+        if found and num(found["p50_ms"]) is not None:
+            p50 = float(found["p50_ms"] or 0.0)
+            points.append((users, found, index.spread(at, "p50_ms") or (p50, p50)))
+    return points
+
+
+def _latency_lines(ax: Any, model: str, points: list[tuple[int, Row, tuple[float, float]]]) -> None:
+    """p50 with its spread over repetitions as error bars, and p99 dashed."""
+    xs = [users for users, _, _ in points]
+    p50 = [float(row["p50_ms"] or 0.0) for _, row, _ in points]
+    color = MODEL_COLORS[model]
+    ax.errorbar(
+        xs,
+        p50,
+        yerr=[
+            [v - spread[0] for v, (_, _, spread) in zip(p50, points, strict=True)],
+            [spread[1] - v for v, (_, _, spread) in zip(p50, points, strict=True)],
+        ],
+        fmt="o-",
+        color=color,
+        capsize=3,
+        label=f"{model} p50",
+    )
+    ax.plot(
+        xs,
+        [row["p99_ms"] for _, row, _ in points],
+        "s--",
+        color=color,
+        alpha=0.7,
+        label=f"{model} p99",
+    )
+
+
+def _latency_panel(
+    ax: Any, index: Index, runtime: str, device: str, protocol: str, batch: int
+) -> None:
+    """One panel: p50 with its spread over repetitions, and p99, per model against users."""
+    levels_seen: list[int] = []
+    for model in (STANDARD, SEPARABLE):
+        levels = index.values(
+            "concurrency",
+            runtime=runtime,
+            device=device,
+            model=model,
+            protocol=protocol,
+            batch_size=batch,
+            mode="served",
+        )
+        points = _latency_points(
+            index, index.key((runtime, device), model, protocol, batch, 1), levels
+        )
+        if points:
+            _latency_lines(ax, model, points)
+            levels_seen += [users for users, _, _ in points]
+    ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
+    ax.set_xlabel("concurrent users")
+    ax.set_ylabel("latency (ms)")
+    if levels_seen:
+        _log2_x(ax, levels_seen)
+        _log10_y(ax)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3, which="both")
+
+
 def plot_latency_vs_concurrency(index: Index, path: Path) -> Path | None:
     """p50 (solid) and p99 (dashed) against users, both models, per runtime×protocol and batch."""
     panels = [
@@ -175,70 +252,66 @@ def plot_latency_vs_concurrency(index: Index, path: Path) -> Path | None:
     batches = index.values("batch_size", mode="served")
     if not panels or not batches:
         return None
-    fig, axes = _panel_grid(len(panels), len(batches), (4.2 * len(batches), 3.2 * len(panels)))
+    fig, axes = panel_grid(len(panels), len(batches), (4.2 * len(batches), 3.2 * len(panels)))
     for i, (runtime, device, protocol) in enumerate(panels):
         for j, batch in enumerate(batches):
-            ax = axes[i][j]
-            plotted = False
-            levels_seen: list[int] = []
-            for model in (STANDARD, SEPARABLE):
-                levels = index.values(
-                    "concurrency",
-                    runtime=runtime,
-                    device=device,
-                    model=model,
-                    protocol=protocol,
-                    batch_size=batch,
-                    mode="served",
-                )
-                points: list[tuple[int, Row]] = []
-                for c in levels:
-                    found = index.get((runtime, device), model, protocol, batch, c)
-                    if found and num(found["p50_ms"]) is not None:
-                        points.append((c, found))
-                if not points:
-                    continue
-                xs = [c for c, _ in points]
-                levels_seen += xs
-                color = MODEL_COLORS[model]
-                # Error bars: lowest and highest p50 over the cell's repetitions.
-                p50 = [float(r["p50_ms"] or 0.0) for _, r in points]
-                spreads = [
-                    index.spread(index.key((runtime, device), model, protocol, batch, c), "p50_ms")
-                    or (v, v)
-                    for (c, _), v in zip(points, p50, strict=True)
-                ]
-                ax.errorbar(
-                    xs,
-                    p50,
-                    yerr=[
-                        [v - s[0] for v, s in zip(p50, spreads, strict=True)],
-                        [s[1] - v for v, s in zip(p50, spreads, strict=True)],
-                    ],
-                    fmt="o-",
-                    color=color,
-                    capsize=3,
-                    label=f"{model} p50",
-                )
-                ax.plot(
-                    xs,
-                    [r["p99_ms"] for _, r in points],
-                    "s--",
-                    color=color,
-                    alpha=0.7,
-                    label=f"{model} p99",
-                )
-                plotted = True
-            ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
-            ax.set_xlabel("concurrent users")
-            ax.set_ylabel("latency (ms)")
-            if plotted:
-                _log2_x(ax, levels_seen)
-                _log10_y(ax)
-            else:
-                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-            ax.grid(alpha=0.3, which="both")
-    return _finish(fig, "Latency vs concurrency (log scales)", path)
+            _latency_panel(axes[i][j], index, runtime, device, protocol, batch)
+    return finish(fig, "Latency vs concurrency (log scales)", path)
+
+
+def _throughput_points(
+    index: Index, runtime: str, device: str, model: str, protocol: str
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(batch sizes, best images/s, distance down and up to the repetitions' extremes)."""
+    xs: list[int] = []
+    ys: list[float] = []
+    low: list[float] = []
+    high: list[float] = []
+    for batch in index.values("batch_size", runtime=runtime, device=device):
+        key = best_cell(index, runtime, device, model, protocol, batch)
+        found = index.by_key(key) if key else None
+        value = num(found["images_per_s"]) if found else None
+        if key is None or value is None:
+            continue
+        spread = index.spread(key, "images_per_s") or (value, value)
+        xs.append(batch)
+        ys.append(value)
+        low.append(value - spread[0])
+        high.append(spread[1] - value)
+    return xs, ys, low, high
+
+
+def _throughput_panel(ax: Any, index: Index, runtime: str, device: str, column: str) -> None:
+    """One panel: images/s per model against batch size, in-process or one protocol."""
+    protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
+    batches_seen: list[int] = []
+    for model in (STANDARD, SEPARABLE):
+        xs, ys, low, high = _throughput_points(index, runtime, device, model, protocol)
+        if xs:
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[low, high],
+                fmt="o-",
+                capsize=3,
+                color=MODEL_COLORS[model],
+                label=model,
+            )
+            batches_seen += xs
+    title = (
+        "in-process"
+        if column == "in-process"
+        else (f"served {protocol_name(column)} (best concurrency)")
+    )
+    ax.set_title(f"{runtime}/{device}: {title}", fontsize=9)
+    ax.set_xlabel("batch size (images per request)")
+    ax.set_ylabel("throughput (images/s)")
+    if batches_seen:
+        _log2_x(ax, batches_seen)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
 
 
 def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
@@ -253,199 +326,8 @@ def plot_throughput_vs_batch(index: Index, path: Path) -> Path | None:
             key=lambda p: (p != "grpc", p),
         ),
     ]
-    fig, axes = _panel_grid(len(groups), len(columns), (4.2 * len(columns), 3.3 * len(groups)))
+    fig, axes = panel_grid(len(groups), len(columns), (4.2 * len(columns), 3.3 * len(groups)))
     for i, (runtime, device) in enumerate(groups):
         for j, column in enumerate(columns):
-            ax = axes[i][j]
-            plotted = False
-            batches_seen: list[int] = []
-            for model in (STANDARD, SEPARABLE):
-                xs, ys, low, high = [], [], [], []
-                for batch in index.values("batch_size", runtime=runtime, device=device):
-                    protocol = IN_PROCESS_PROTOCOL if column == "in-process" else column
-                    key = best_cell(index, runtime, device, model, protocol, batch)
-                    found = (
-                        index.get((runtime, device), model, protocol, batch, key[6])
-                        if key
-                        else None
-                    )
-                    value = num(found["images_per_s"]) if found else None
-                    if key is None or value is None:
-                        continue
-                    spread = index.spread(key, "images_per_s") or (value, value)
-                    xs.append(batch)
-                    ys.append(value)
-                    low.append(value - spread[0])
-                    high.append(spread[1] - value)
-                if xs:
-                    ax.errorbar(
-                        xs,
-                        ys,
-                        yerr=[low, high],
-                        fmt="o-",
-                        capsize=3,
-                        color=MODEL_COLORS[model],
-                        label=model,
-                    )
-                    batches_seen += xs
-                    plotted = True
-            title = (
-                "in-process"
-                if column == "in-process"
-                else (f"served {protocol_name(column)} (best concurrency)")
-            )
-            ax.set_title(f"{runtime}/{device}: {title}", fontsize=9)
-            ax.set_xlabel("batch size (images per request)")
-            ax.set_ylabel("throughput (images/s)")
-            if plotted:
-                _log2_x(ax, batches_seen)
-                ax.set_ylim(bottom=0)
-            else:
-                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-            ax.grid(alpha=0.3)
-    return _finish(fig, "Throughput vs batch size", path)
-
-
-def plot_serving_overhead(items: Sequence[Overhead], path: Path) -> Path | None:
-    """Stacked bars per runtime and batch size: in-process p50 + serving overhead = served p50."""
-    if not items:
-        return None
-    import numpy as np
-
-    groups = list(dict.fromkeys((o.runtime, o.device) for o in items))
-    batches = sorted({o.batch_size for o in items})
-    fig, axes = _panel_grid(
-        len(groups), len(batches), (max(4.5 * len(batches), 6.0), 3.4 * len(groups) + 0.6)
-    )
-    width = 0.38
-    for i, (runtime, device) in enumerate(groups):
-        for j, batch in enumerate(batches):
-            ax = axes[i][j]
-            mine = [
-                o for o in items if (o.runtime, o.device, o.batch_size) == (runtime, device, batch)
-            ]
-            protocols = list(dict.fromkeys(o.protocol for o in mine))
-            x = np.arange(len(protocols))
-            for k, model in enumerate((STANDARD, SEPARABLE)):
-                lookup = {o.protocol: o for o in mine if o.model == model}
-                found = [lookup.get(p) for p in protocols]
-                # The bar's height is always the served p50; when noise puts the in-process p50
-                # above it, the whole bar is compute and the overhead is shown as zero.
-                compute = [min(o.in_process_ms, o.served_ms) if o else np.nan for o in found]
-                extra = [max(o.overhead_ms, 0.0) if o else np.nan for o in found]
-                offset = (k - 0.5) * width
-                color = MODEL_COLORS[model]
-                ax.bar(x + offset, compute, width, color=color, label=f"{model}: in-process p50")
-                ax.bar(
-                    x + offset,
-                    extra,
-                    width,
-                    bottom=compute,
-                    color=color,
-                    alpha=0.35,
-                    hatch="//",
-                    label=f"{model}: serving overhead",
-                )
-            ax.set_xticks(x, [protocol_name(p) for p in protocols])
-            ax.set_ylabel("p50 latency (ms)")
-            ax.set_title(f"{runtime}/{device}, batch {batch}", fontsize=10)
-            ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, "Serving overhead: served p50 = in-process p50 + overhead", path)
-
-
-def plot_server_breakdown(items: Sequence[Breakdown], path: Path) -> Path | None:
-    """Stacked bars per served cell: model inference, server framework (decode + queue +
-    encode), client + transport = the client's mean latency."""
-    if not items:
-        return None
-    import numpy as np
-
-    groups = list(dict.fromkeys((b.runtime, b.device, b.protocol) for b in items))
-    batches = sorted({b.batch_size for b in items})
-    fig, axes = _panel_grid(
-        len(groups), len(batches), (max(4.0 * len(batches), 6.0), 3.2 * len(groups) + 0.6)
-    )
-    parts = (
-        ("model inference", lambda b: b.infer_ms, 1.0),
-        ("server decode + queue + encode", lambda b: b.framework_ms, 0.55),
-        ("client + transport", lambda b: b.client_transport_ms, 0.25),
-    )
-    for i, (runtime, device, protocol) in enumerate(groups):
-        for j, batch in enumerate(batches):
-            ax = axes[i][j]
-            mine = [
-                b
-                for b in items
-                if (b.runtime, b.device, b.protocol, b.batch_size)
-                == (runtime, device, protocol, batch)
-            ]
-            x = np.arange(len(mine))
-            bottom = np.zeros(len(mine))
-            for label, value, alpha in parts:
-                heights = np.array([value(b) for b in mine])
-                ax.bar(
-                    x,
-                    heights,
-                    0.6,
-                    bottom=bottom,
-                    color=[MODEL_COLORS.get(b.model, "grey") for b in mine],
-                    alpha=alpha,
-                    edgecolor="black",
-                    linewidth=0.5,
-                    label=label,
-                )
-                bottom += heights
-            ax.set_xticks(x, [f"{b.model}\n{b.concurrency} user(s)" for b in mine], fontsize=8)
-            ax.set_ylabel("mean ms per request")
-            ax.set_title(f"{runtime}/{device} {protocol_name(protocol)}, batch {batch}", fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
-    return _finish(
-        fig,
-        "Where a served request's time goes",
-        path,
-    )
-
-
-def plot_opprofile(by_runtime: Mapping[str, Sequence[KindShare]], path: Path) -> Path | None:
-    """Stacked bars of ms per call by layer kind, per model; one row of panels per runtime, one
-    panel per batch size."""
-    groups = [(runtime, shares) for runtime, shares in by_runtime.items() if shares]
-    if not groups:
-        return None
-    plt = pyplot()
-    import numpy as np
-
-    batches = sorted({s.batch_size for _, shares in groups for s in shares})
-    kinds = list(dict.fromkeys(s.kind for _, shares in groups for s in shares))
-    colors = dict(zip(kinds, plt.get_cmap("tab10").colors, strict=False))
-    fig, axes = _panel_grid(
-        len(groups), len(batches), (3.6 * len(batches) + 1, 3.6 * len(groups) + 0.8)
-    )
-    for i, (runtime, shares) in enumerate(groups):
-        for j, batch in enumerate(batches):
-            ax = axes[i][j]
-            models = [
-                m
-                for m in (STANDARD, SEPARABLE)
-                if any(s.model == m and s.batch_size == batch for s in shares)
-            ]
-            x = np.arange(len(models))
-            bottom = np.zeros(len(models))
-            for kind in kinds:
-                heights = np.array(
-                    [
-                        sum(
-                            s.ms
-                            for s in shares
-                            if (s.model, s.batch_size, s.kind) == (m, batch, kind)
-                        )
-                        for m in models
-                    ]
-                )
-                ax.bar(x, heights, 0.6, bottom=bottom, color=colors[kind], label=kind)
-                bottom += heights
-            ax.set_xticks(x, models)
-            ax.set_ylabel("ms per call")
-            ax.set_title(f"{runtime}, batch {batch}", fontsize=10)
-            ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, "Per-operator profile: time per call by layer kind", path)
+            _throughput_panel(axes[i][j], index, runtime, device, column)
+    return finish(fig, "Throughput vs batch size", path)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -14,18 +14,20 @@ from loadtest.report.analysis import (
     BOOTSTRAP_RESAMPLES,
     RATIOS_CSV,
     STABLE_WITHIN,
+    RatioRow,
+    Speedup,
+    compute_ratios,
+    fmt_interval,
+    speedups,
+    write_ratios,
+)
+from loadtest.report.breakdown import (
     Breakdown,
     KindShare,
     Overhead,
-    RatioRow,
-    Speedup,
     breakdowns,
-    compute_ratios,
-    fmt_interval,
     overheads,
     profiles,
-    speedups,
-    write_ratios,
 )
 from loadtest.report.data import (
     PLOTS_DIR,
@@ -33,8 +35,6 @@ from loadtest.report.data import (
     STANDARD,
     Index,
     Run,
-    cell_slug,
-    completed,
     fmt_ms,
     fmt_pct,
     fmt_rate,
@@ -45,331 +45,26 @@ from loadtest.report.data import (
     saturated_cells,
 )
 from loadtest.report.plots import (
-    best_cell,
     plot_flops_vs_reality,
     plot_latency_vs_concurrency,
-    plot_opprofile,
-    plot_server_breakdown,
-    plot_serving_overhead,
     plot_throughput_vs_batch,
 )
+from loadtest.report.plots_time import plot_opprofile, plot_server_breakdown, plot_serving_overhead
+from loadtest.report.tables import (
+    breakdown_lines,
+    machine_lines,
+    overhead_lines,
+    pivot_latency,
+    pivot_throughput,
+    profile_lines,
+    ratio_lines,
+    sort_key,
+    speedup_lines,
+    summary_lines,
+)
 from loadtest.report.verdict import verdict
-from loadtest.results import IN_PROCESS_PROTOCOL, Row
 
 REPORT_NAME = "report.md"
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> list[str]:
-    align = align or "l" + "r" * (len(header) - 1)
-    marks = {"l": ":---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
-
-
-def _sort_key(row: Row) -> tuple[Any, ...]:
-    return (
-        row["mode"] != "in-process",
-        row["model"] != STANDARD,
-        row["protocol"] != "grpc",
-        row["protocol"],
-        row["batch_size"],
-        row["concurrency"],
-    )
-
-
-def _summary_lines(index: Index, saturated: set[str]) -> list[str]:
-    lines: list[str] = []
-    for runtime, device in index.groups():
-        lines += ["", f"### {runtime} on {device}", ""]
-        rows = sorted(
-            (r for r in index.rows if (r["runtime"], r["device"]) == (runtime, device)),
-            key=_sort_key,
-        )
-        body = []
-        for r in rows:
-            slugs = {cell_slug(x) for x in index.repetitions.get(row_key(r), [])}
-            mark = " ⚠" if slugs & saturated else ""
-            repeats = len(index.repetitions.get(row_key(r), []))
-            body.append(
-                [
-                    r["model"],
-                    protocol_name(r["protocol"]),
-                    str(r["batch_size"]),
-                    str(r["concurrency"]),
-                    str(repeats),
-                    fmt_rate(r["requests_per_s"]),
-                    fmt_rate(r["images_per_s"]),
-                    fmt_ms(r["p50_ms"]),
-                    fmt_ms(r["p90_ms"]),
-                    fmt_ms(r["p99_ms"]),
-                    fmt_ms(r["p999_ms"]),
-                    fmt_ms(r["max_ms"]),
-                    str(r["errors"]),
-                    # No completed request: nothing was classified in the window.
-                    f"{r['accuracy']:.4f}" if completed(r) and r["accuracy"] is not None else "—",
-                    fmt_pct(r["generator_cpu"]) + mark,
-                    fmt_pct(r["server_cpu"]),
-                ]
-            )
-        lines += md_table(
-            [
-                "model",
-                "protocol",
-                "batch",
-                "users",
-                "runs",
-                "req/s",
-                "images/s",
-                "p50 ms",
-                "p90 ms",
-                "p99 ms",
-                "p99.9 ms",
-                "max ms",
-                "errors",
-                "accuracy",
-                "generator CPU",
-                "server CPU",
-            ],
-            body,
-            "llrrr" + "r" * 11,
-        )
-    return lines
-
-
-def _pivot_latency(index: Index) -> list[str]:
-    levels = index.values("concurrency", mode="served")
-    if not levels:
-        return []
-    body = []
-    for runtime, device in index.groups():
-        for protocol in index.protocols(runtime, device):
-            for batch in index.values("batch_size", runtime=runtime, device=device, mode="served"):
-                for model in (STANDARD, SEPARABLE):
-                    cells = []
-                    for c in levels:
-                        r = index.get((runtime, device), model, protocol, batch, c)
-                        cells.append(f"{fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}" if r else "—")
-                    if all(c == "—" for c in cells):
-                        continue
-                    body.append(
-                        [f"{runtime}/{device}", protocol_name(protocol), str(batch), model, *cells]
-                    )
-    return md_table(
-        ["runtime", "protocol", "batch", "model", *[f"{c} users: p50 / p99 ms" for c in levels]],
-        body,
-        "llrl" + "r" * len(levels),
-    )
-
-
-def _pivot_throughput(index: Index) -> list[str]:
-    batches = index.values("batch_size")
-    body = []
-    for runtime, device in index.groups():
-        modes = [IN_PROCESS_PROTOCOL, *index.protocols(runtime, device)]
-        for protocol in modes:
-            for model in (STANDARD, SEPARABLE):
-                cells = []
-                for batch in batches:
-                    key = best_cell(index, runtime, device, model, protocol, batch)
-                    found = (
-                        index.get((runtime, device), model, protocol, batch, key[6])
-                        if key
-                        else None
-                    )
-                    cells.append(fmt_rate(found["images_per_s"] if found else None))
-                if all(c == "—" for c in cells):
-                    continue
-                body.append([f"{runtime}/{device}", protocol_name(protocol), model, *cells])
-    return md_table(
-        ["runtime", "mode", "model", *[f"batch {b}" for b in batches]],
-        body,
-        "lll" + "r" * len(batches),
-    )
-
-
-def _overhead_lines(items: Sequence[Overhead]) -> list[str]:
-    body = [
-        [
-            f"{o.runtime}/{o.device}",
-            o.model,
-            protocol_name(o.protocol),
-            str(o.batch_size),
-            str(o.concurrency),
-            fmt_ms(o.in_process_ms),
-            fmt_ms(o.served_ms),
-            fmt_ms(o.overhead_ms),
-            f"{o.share:.0%}",
-        ]
-        for o in items
-    ]
-    return md_table(
-        [
-            "runtime",
-            "model",
-            "protocol",
-            "batch",
-            "users",
-            "in-process p50 ms",
-            "served p50 ms",
-            "overhead ms",
-            "overhead share",
-        ],
-        body,
-        "lllrrrrrr",
-    )
-
-
-def _machine_lines(machine: dict[str, Any]) -> list[str]:
-    if not machine:
-        return ["(machine.json not found)"]
-    gpus = ", ".join(f"{g['name']} ({g['memory']})" for g in machine.get("gpus", [])) or "none"
-    libraries = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items())
-    return [
-        f"- CPU: {machine.get('cpu_model', '?')} — {machine.get('usable_cores', '?')} usable "
-        f"cores ({machine.get('physical_cores', '?')} physical, "
-        f"{machine.get('logical_cores', '?')} logical), {machine.get('memory_gib', '?')} GiB RAM",
-        f"- GPU: {gpus}",
-        f"- OS: {machine.get('os', '?')}, Python {machine.get('python', '?')}",
-        f"- Libraries: {libraries}",
-        f"- Load average at start: {machine.get('load_average', '?')}",
-    ]
-
-
-def _speedup_lines(table: Sequence[Speedup]) -> list[str]:
-    protocols = sorted({p for s in table for p in s.served}, key=lambda p: (p != "grpc", p))
-    header = ["runtime", "device", "batch", "MACs ratio", "in-process"]
-    header += [f"served {protocol_name(p)}" for p in protocols]
-    header += ["flags"]
-    body = []
-    for s in table:
-        flags = sorted(
-            {
-                f"{name}: {row['flag']}"
-                for name, row in [
-                    ("in-process", s.in_process),
-                    *[(protocol_name(p), s.served.get(p)) for p in protocols],
-                ]
-                if row and row["flag"]
-            }
-        )
-        body.append(
-            [
-                s.runtime,
-                s.device,
-                str(s.batch_size),
-                fmt_x(s.macs_ratio),
-                fmt_interval(s.in_process),
-            ]
-            + [fmt_interval(s.served.get(p)) for p in protocols]
-            + ["; ".join(flags) or "—"]
-        )
-    return md_table(header, body, "llr" + "r" * (len(header) - 4) + "l")
-
-
-def _ratio_lines(ratios: Sequence[RatioRow]) -> list[str]:
-    body = [
-        [
-            f"{r['runtime']}/{r['device']}",
-            protocol_name(r["protocol"]),
-            str(r["batch_size"]),
-            str(r["concurrency"]),
-            str(r["repeats"]),
-            fmt_rate(r["standard_images_per_s"]),
-            fmt_rate(r["separable_images_per_s"]),
-            fmt_interval(r),
-            r["flag"] or "—",
-        ]
-        for r in ratios
-    ]
-    return md_table(
-        [
-            "runtime",
-            "mode",
-            "batch",
-            "users",
-            "runs",
-            "standard img/s",
-            "separable img/s",
-            "separable ÷ standard [95%]",
-            "flag",
-        ],
-        body,
-        "llrrrrrrl",
-    )
-
-
-def _breakdown_lines(items: Sequence[Breakdown]) -> list[str]:
-    body = []
-    for b in items:
-        check = (
-            "—"
-            if b.check is None
-            else f"{b.check[0]:.3f}–{b.check[1]:.3f} vs {b.check[2]:.3f}–{b.check[3]:.3f}"
-            + ("" if b.agrees else " ⚠")
-        )
-        body.append(
-            [
-                f"{b.runtime}/{b.device}",
-                b.model,
-                protocol_name(b.protocol),
-                str(b.batch_size),
-                str(b.concurrency),
-                fmt_ms(b.latency_ms),
-                fmt_ms(b.client_transport_ms),
-                fmt_ms(b.decode_ms),
-                fmt_ms(b.queue_ms),
-                fmt_ms(b.encode_ms),
-                fmt_ms(b.infer_ms),
-                check,
-            ]
-        )
-    return md_table(
-        [
-            "runtime",
-            "model",
-            "protocol",
-            "batch",
-            "users",
-            "client mean ms",
-            "client + transport",
-            "decode",
-            "queue",
-            "encode",
-            "inference",
-            "inference vs in-process ms",
-        ],
-        body,
-        "lllrrrrrrrrr",
-    )
-
-
-def _profile_lines(by_runtime: Mapping[str, Sequence[KindShare]]) -> list[str]:
-    lines: list[str] = []
-    for runtime, shares in by_runtime.items():
-        lines += [f"### {runtime}", "", *_opprofile_lines(shares), ""]
-    return lines
-
-
-def _opprofile_lines(shares: Sequence[KindShare]) -> list[str]:
-    body = [
-        [
-            s.model,
-            str(s.batch_size),
-            s.kind,
-            fmt_ms(s.ms),
-            f"{s.share:.0%}",
-            f"{s.macs:,}" if s.macs else "—",
-            f"{s.gmacs_per_s:.1f}" if s.gmacs_per_s else "—",
-        ]
-        for s in shares
-        if s.ms > 0 or s.macs > 0
-    ]
-    return md_table(
-        ["model", "batch", "layer kind", "ms per call", "share", "MACs per call", "GMAC/s"],
-        body,
-        "lrlrrrr",
-    )
 
 
 def _pinning_line(run: Run) -> str:
@@ -447,7 +142,7 @@ def _setup_lines(run: Run) -> list[str]:
         else "?"
     )
     return [
-        *_machine_lines(run.machine),
+        *machine_lines(run.machine),
         f"- Device: {run.meta.get('device', '?')}; grid: {grid_text}",
         _pinning_line(run),
         f"- Command: `{run.command or '?'}`",
@@ -458,51 +153,78 @@ def _setup_lines(run: Run) -> list[str]:
     ]
 
 
-def render(run_dir: Path) -> Path:
-    """Write ``report.md``, ``ratios.csv`` and ``plots/*.png`` in ``run_dir``; returns the
-    report's path."""
+@dataclass(frozen=True)
+class _Derived:
+    """What ``report.md`` shows of a run, computed once."""
+
+    run: Run
+    index: Index
+    ratio: float  # MACs standard ÷ separable
+    ratios: list[RatioRow]
+    table: list[Speedup]
+    over: list[Overhead]
+    breakdown: list[Breakdown]
+    shares: dict[str, list[KindShare]]
+    plots: dict[str, Path | None]
+
+
+def _derive(run_dir: Path) -> _Derived:
+    """Ratios (``ratios.csv`` written), speedups, overheads, breakdowns, profiles and plots."""
     run = load_run(run_dir)
     index = Index(run.rows)
-    costs = run.costs
-    ratio = macs_ratio(costs)
+    ratio = macs_ratio(run.costs)
     ratios = write_ratios(run_dir, compute_ratios(run))
     table = speedups(ratios, ratio)
     over = overheads(index)
     breakdown = breakdowns(index)
     shares = profiles(run)
     plots = _make_plots(run_dir, index, table, over, breakdown, shares)
-    saturated = saturated_cells(run.meta)
+    return _Derived(run, index, ratio, ratios, table, over, breakdown, shares, plots)
+
+
+def _notes(run: Run) -> list[str]:
     cell_notes = [
         f"`{c['cell']}`: {note}" for c in run.meta.get("cells", []) for note in c.get("notes", [])
     ]
-    notes = list(run.meta.get("notes", [])) + cell_notes
-    lines = [
-        f"# Load test report — {run.name}",
+    return list(run.meta.get("notes", [])) + cell_notes
+
+
+def _verdict_sections(d: _Derived) -> list[str]:
+    """The question, the verdict, the method, FLOPs vs reality."""
+    return [
+        f"# Load test report — {d.run.name}",
         "",
-        f"Does the separable model's {ratio:.2f}x saving in multiply-adds survive deployment?",
+        f"Does the separable model's {d.ratio:.2f}x saving in multiply-adds survive deployment?",
         "",
         "## Verdict",
         "",
-        verdict(ratios, costs, shares=shares, breakdown=breakdown),
+        verdict(d.ratios, d.run.costs, shares=d.shares, breakdown=d.breakdown),
         "",
         "## Method",
         "",
-        *_method_lines(run, ratios),
+        *_method_lines(d.run, d.ratios),
         "",
         "## FLOPs vs reality",
         "",
         f"Theoretical speedup = MACs(standard) ÷ MACs(separable) = "
-        f"{int(costs[STANDARD]['macs']):,} ÷ {int(costs[SEPARABLE]['macs']):,} = {ratio:.2f}x. "
+        f"{int(d.run.costs[STANDARD]['macs']):,} ÷ {int(d.run.costs[SEPARABLE]['macs']):,} = "
+        f"{d.ratio:.2f}x. "
         "Measured = separable ÷ standard images/s with its 95% interval, in-process and served "
         "at the lowest concurrency.",
         "",
-        *_speedup_lines(table),
-        *_image(plots, "flops", "FLOPs vs reality"),
+        *speedup_lines(d.table),
+        *_image(d.plots, "flops", "FLOPs vs reality"),
+    ]
+
+
+def _cell_sections(d: _Derived) -> list[str]:
+    """Ratios per cell, the summary, latency and throughput."""
+    return [
         "## Ratios per cell",
         "",
         f"Every cell of `{RATIOS_CSV}`.",
         "",
-        *_ratio_lines(ratios),
+        *ratio_lines(d.ratios),
         "",
         "## Summary per runtime",
         "",
@@ -510,26 +232,32 @@ def render(run_dir: Path) -> Path:
         "measurement window; CPU in % of one core (generator = all Locust processes, server = "
         "the server's process tree, in-process rows: the measuring process). ⚠ = the load "
         "generator was saturated. No accuracy where no request completed.",
-        *_summary_lines(index, saturated),
+        *summary_lines(d.index, saturated_cells(d.run.meta)),
         "",
         "## Latency vs concurrency",
         "",
-        *_pivot_latency(index),
-        *_image(plots, "latency", "Latency vs concurrency"),
+        *pivot_latency(d.index),
+        *_image(d.plots, "latency", "Latency vs concurrency"),
         "## Throughput vs batch size",
         "",
         "Images per second; served columns take the best throughput over the measured "
         "concurrency levels.",
         "",
-        *_pivot_throughput(index),
-        *_image(plots, "throughput", "Throughput vs batch size"),
+        *pivot_throughput(d.index),
+        *_image(d.plots, "throughput", "Throughput vs batch size"),
+    ]
+
+
+def _time_sections(d: _Derived) -> list[str]:
+    """Where the time goes: overhead, the server's phases, operators."""
+    return [
         "## Serving overhead",
         "",
         "Served p50 at the lowest concurrency minus in-process p50: server, transport, "
         "serialization and the network stack, per request.",
         "",
-        *(_overhead_lines(over) if over else ["(no in-process rows to compare with)"]),
-        *_image(plots, "overhead", "Serving overhead"),
+        *(overhead_lines(d.over) if d.over else ["(no in-process rows to compare with)"]),
+        *_image(d.plots, "overhead", "Serving overhead"),
         "## Server breakdown",
         "",
         "Mean ms per request at the lowest concurrency, from the server's "
@@ -538,28 +266,41 @@ def render(run_dir: Path) -> Path:
         "in-process call time disagree beyond the interval.",
         "",
         *(
-            _breakdown_lines(breakdown)
-            if breakdown
+            breakdown_lines(d.breakdown)
+            if d.breakdown
             else ["(the server exposed no per-phase histogram in this run)"]
         ),
-        *_image(plots, "breakdown", "Server breakdown"),
+        *_image(d.plots, "breakdown", "Server breakdown"),
         "## Per-operator profile",
         "",
         "Each runtime's own profiler (`opprofile.csv`; ONNX Runtime's kernel times, TensorFlow's "
         "op self-times): time per call by layer kind, multiply-adds from the graph, GMAC/s "
         "achieved; `call overhead` is the call's time that no operator accounts for.",
         "",
-        *(_profile_lines(shares) if shares else ["(no per-operator profile in this run)"]),
-        *_image(plots, "opprofile", "Per-operator profile"),
+        *(profile_lines(d.shares) if d.shares else ["(no per-operator profile in this run)"]),
+        *_image(d.plots, "opprofile", "Per-operator profile"),
+    ]
+
+
+def _closing_sections(d: _Derived) -> list[str]:
+    """Notes and setup."""
+    return [
         "## Notes",
         "",
-        *([f"- {n}" for n in notes] or ["- none"]),
+        *([f"- {n}" for n in _notes(d.run)] or ["- none"]),
         "",
         "## Setup",
         "",
-        *_setup_lines(run),
+        *_setup_lines(d.run),
         "",
     ]
+
+
+def render(run_dir: Path) -> Path:
+    """Write ``report.md``, ``ratios.csv`` and ``plots/*.png`` in ``run_dir``; returns the
+    report's path."""
+    d = _derive(run_dir)
+    lines = [*_verdict_sections(d), *_cell_sections(d), *_time_sections(d), *_closing_sections(d)]
     report = run_dir / REPORT_NAME
     report.write_text("\n".join(lines))
     return report
@@ -578,7 +319,7 @@ def headline(run_dir: Path) -> str:
         [
             verdict(ratios, costs, shares=profiles(run), breakdown=breakdowns(index)),
             "",
-            *_speedup_lines(table),
+            *speedup_lines(table),
         ]
     )
 
@@ -586,47 +327,47 @@ def headline(run_dir: Path) -> str:
 # --- terminal summary -----------------------------------------------------------------------------
 
 
-def print_summary(run_dir: Path, console: Console) -> None:
-    """The per-runtime summary and the FLOPs-vs-reality table, for the end of a sweep."""
-    run = load_run(run_dir)
-    index = Index(run.rows)
-    for runtime, device in index.groups():
-        table = Table(title=f"{runtime} on {device}", title_justify="left")
-        columns = (
-            "model",
-            "protocol",
-            "batch",
-            "users",
-            "runs",
-            "images/s",
-            "p50 ms",
-            "p99 ms",
-            "errors",
-            "gen CPU",
-            "srv CPU",
+_SUMMARY_COLUMNS = (
+    "model",
+    "protocol",
+    "batch",
+    "users",
+    "runs",
+    "images/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "gen CPU",
+    "srv CPU",
+)
+
+
+def _runtime_table(index: Index, runtime: str, device: str) -> Table:
+    table = Table(title=f"{runtime} on {device}", title_justify="left")
+    for column in _SUMMARY_COLUMNS:
+        table.add_column(column, justify="left" if column in ("model", "protocol") else "right")
+    for r in sorted(
+        (r for r in index.rows if (r["runtime"], r["device"]) == (runtime, device)),
+        key=sort_key,
+    ):
+        table.add_row(
+            r["model"],
+            protocol_name(r["protocol"]),
+            str(r["batch_size"]),
+            str(r["concurrency"]),
+            str(len(index.repetitions.get(row_key(r), []))),
+            fmt_rate(r["images_per_s"]),
+            fmt_ms(r["p50_ms"]),
+            fmt_ms(r["p99_ms"]),
+            str(r["errors"]),
+            fmt_pct(r["generator_cpu"]),
+            fmt_pct(r["server_cpu"]),
         )
-        for column in columns:
-            table.add_column(column, justify="left" if column in ("model", "protocol") else "right")
-        for r in sorted(
-            (r for r in index.rows if (r["runtime"], r["device"]) == (runtime, device)),
-            key=_sort_key,
-        ):
-            table.add_row(
-                r["model"],
-                protocol_name(r["protocol"]),
-                str(r["batch_size"]),
-                str(r["concurrency"]),
-                str(len(index.repetitions.get(row_key(r), []))),
-                fmt_rate(r["images_per_s"]),
-                fmt_ms(r["p50_ms"]),
-                fmt_ms(r["p99_ms"]),
-                str(r["errors"]),
-                fmt_pct(r["generator_cpu"]),
-                fmt_pct(r["server_cpu"]),
-            )
-        console.print(table)
-    ratio = macs_ratio(run.costs)
-    speed = speedups(compute_ratios(run), ratio)
+    return table
+
+
+def _speedup_table(run: Run) -> Table:
+    speed = speedups(compute_ratios(run), macs_ratio(run.costs))
     protocols = sorted({p for s in speed for p in s.served}, key=lambda p: (p != "grpc", p))
     table = Table(
         title="FLOPs vs reality: separable ÷ standard images/s [95% interval]",
@@ -650,4 +391,13 @@ def print_summary(run_dir: Path, console: Console) -> None:
             fmt_interval(s.in_process),
             *[fmt_interval(s.served.get(p)) for p in protocols],
         )
-    console.print(table)
+    return table
+
+
+def print_summary(run_dir: Path, console: Console) -> None:
+    """The per-runtime summary and the FLOPs-vs-reality table, for the end of a sweep."""
+    run = load_run(run_dir)
+    index = Index(run.rows)
+    for runtime, device in index.groups():
+        console.print(_runtime_table(index, runtime, device))
+    console.print(_speedup_table(run))

@@ -17,13 +17,12 @@ from loadtest.report.analysis import (
     FLAG_NO_DIFFERENCE,
     FLAG_SATURATED,
     FLAG_SINGLE,
-    Breakdown,
-    KindShare,
     RatioRow,
     Speedup,
     fmt_interval,
     speedups,
 )
+from loadtest.report.breakdown import Breakdown, KindShare
 from loadtest.report.data import SEPARABLE, STANDARD, protocol_name
 
 DEPTHWISE_SLOWER = 0.5  # depthwise reaching under half the standard conv's GMAC/s: memory-bound

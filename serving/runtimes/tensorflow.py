@@ -92,7 +92,7 @@ class TensorFlowRuntime(Runtime):
         }
         self._needs_default_executor: set[str] = set()
         # Up to this many rows, the single-threaded executor (0: never). TF's profiler records
-        # no kernels run by it, so loadtest.opprofile sets 0 to see them.
+        # no kernels run by it, so loadtest.run.opprofile_tf sets 0 to see them.
         self.single_threaded_max_rows = SMALL_BATCH_ROWS
 
     @staticmethod

@@ -176,4 +176,6 @@ def pin_from_flag(text: str | None) -> None:
     in-process and operator-profile children); nothing when the flag was not given. Call it
     before a runtime starts its thread pools, which size themselves to the affinity."""
     if text:
-        os.sched_setaffinity(0, {int(c) for c in text.split(",")})
+        from loadtest.cli import cpu_ids
+
+        os.sched_setaffinity(0, set(cpu_ids(text, "--cpus")))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.results import SERVER_PHASES
+from loadtest.cells import SERVER_PHASES
 
 PHASE_METRIC = "serving_request_phase_seconds"
 METRICS_PATH = "/monitoring/prometheus/metrics"

@@ -1,9 +1,10 @@
 """The "HDR comparison" tab of Locust's web UI, and the same table for headless runs.
 
 Locust keeps response times in whole milliseconds, so at batch 1 both models read "2 ms". This
-module turns the merged microsecond HDR results of :func:`loadtest.recorder.merge_snapshots` into
-one row per (model, protocol, batch size) plus, where both models ran, a "separable ÷ standard"
-row next to the MAC ratio, and hangs it into Locust's web UI the way Locust supports extending it
+module turns the merged microsecond HDR results of
+:func:`loadtest.record.recorder.merge_snapshots` into one row per (model, protocol, batch size)
+plus, where both models ran, a "separable ÷ standard" row next to the MAC ratio, and hangs it
+into Locust's web UI the way Locust supports extending it
 (``examples/extend_web_ui.py`` in Locust's repository): ``extended_tabs`` / ``extended_tables``
 template arguments, an ``extended_stats`` entry added to every ``/stats/requests`` answer (the UI
 polls it every 2 s), and ``extended_csv_files`` links on the "Download Data" tab.
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loadtest.flops import REFERENCE_COSTS, macs_ratio
+from loadtest.record.options import Combination
 
 TAB_KEY = "hdr-compare"
 TAB_TITLE = "HDR comparison"
@@ -49,6 +51,42 @@ def _us(milliseconds: float) -> float:
     return round(milliseconds * 1000.0, 3)  # HDR values are whole microseconds: drop float noise
 
 
+def _result_row(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A merged HDR result as a comparison row (microseconds)."""
+    return {
+        "model": result["model"],
+        "protocol": result["protocol"],
+        "batch_size": int(result["batch_size"]),
+        "requests": int(result["requests"]),
+        "failures": int(result["failures"]),
+        "requests_per_s": float(result["requests_per_s"]),
+        "images_per_s": float(result["images_per_s"]),
+        "p50_us": _us(result["p50_ms"]),
+        "p90_us": _us(result["p90_ms"]),
+        "p99_us": _us(result["p99_ms"]),
+        "p999_us": _us(result["p999_ms"]),
+        "max_us": _us(result["max_ms"]),
+        "macs": math.nan,
+    }
+
+
+def _ratio_row(
+    base: Mapping[str, Any], other: Mapping[str, Any], mac_ratio: float
+) -> dict[str, Any]:
+    """Separable ÷ standard of two rows of the same (protocol, batch size)."""
+    ratio: dict[str, Any] = {
+        "model": RATIO_MODEL,
+        "protocol": base["protocol"],
+        "batch_size": base["batch_size"],
+        "requests": math.nan,
+        "failures": math.nan,
+        "macs": mac_ratio,
+    }
+    for column in ("requests_per_s", "images_per_s", *PERCENTILE_COLUMNS):
+        ratio[column] = _divide(other[column], base[column])
+    return ratio
+
+
 def comparison(merged: Mapping[str, Any], mac_ratio: float) -> list[dict[str, Any]]:
     """Rows of the comparison table, as numbers (NaN where there is nothing to show).
 
@@ -57,47 +95,22 @@ def comparison(merged: Mapping[str, Any], mac_ratio: float) -> list[dict[str, An
     standard, and ``macs`` = how many times fewer multiply-adds the separable model needs
     (1/``macs`` would be the latency ratio and ``macs`` the throughput ratio if cost followed MACs).
     """
-    by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for result in merged["results"]:
-        row = {
-            "model": result["model"],
-            "protocol": result["protocol"],
-            "batch_size": int(result["batch_size"]),
-            "requests": int(result["requests"]),
-            "failures": int(result["failures"]),
-            "requests_per_s": float(result["requests_per_s"]),
-            "images_per_s": float(result["images_per_s"]),
-            "p50_us": _us(result["p50_ms"]),
-            "p90_us": _us(result["p90_ms"]),
-            "p99_us": _us(result["p99_ms"]),
-            "p999_us": _us(result["p999_ms"]),
-            "max_us": _us(result["max_ms"]),
-            "macs": math.nan,
-        }
-        by_key[(row["model"], row["protocol"], row["batch_size"])] = row
+    rows_by = {
+        Combination(r["model"], r["protocol"], r["batch_size"]): r
+        for r in map(_result_row, merged["results"])
+    }
     rank = {BASE_MODEL: 0, FEWER_MACS_MODEL: 1}
     rows: list[dict[str, Any]] = []
-    for protocol, batch in sorted({(protocol, batch) for _, protocol, batch in by_key}):
+    for protocol, batch in sorted({(c.protocol, c.batch_size) for c in rows_by}):
         models = sorted(
-            (m for m, p, b in by_key if (p, b) == (protocol, batch)),
+            (c.model for c in rows_by if (c.protocol, c.batch_size) == (protocol, batch)),
             key=lambda m: (rank.get(m, 2), m),
         )
-        rows += [by_key[(m, protocol, batch)] for m in models]
-        base = by_key.get((BASE_MODEL, protocol, batch))
-        other = by_key.get((FEWER_MACS_MODEL, protocol, batch))
-        if base is None or other is None:
-            continue
-        ratio: dict[str, Any] = {
-            "model": RATIO_MODEL,
-            "protocol": protocol,
-            "batch_size": batch,
-            "requests": math.nan,
-            "failures": math.nan,
-            "macs": mac_ratio,
-        }
-        for column in ("requests_per_s", "images_per_s", *PERCENTILE_COLUMNS):
-            ratio[column] = _divide(other[column], base[column])
-        rows.append(ratio)
+        rows += [rows_by[Combination(m, protocol, batch)] for m in models]
+        base = rows_by.get(Combination(BASE_MODEL, protocol, batch))
+        other = rows_by.get(Combination(FEWER_MACS_MODEL, protocol, batch))
+        if base is not None and other is not None:
+            rows.append(_ratio_row(base, other, mac_ratio))
     return rows
 
 
@@ -205,20 +218,28 @@ class ComparisonTab:
 
     def install(self) -> None:
         """Add the template arguments, the ``/stats/requests`` extension and the downloads."""
-        from flask import Response, request
+        self._add_template_args()
+        self._extend_stats()
+        self._add_downloads()
 
-        web_ui = self.web_ui
-        web_ui.template_args["extended_tabs"] = [{"title": TAB_TITLE, "key": TAB_KEY}]
-        web_ui.template_args["extended_tables"] = [
+    def _add_template_args(self) -> None:
+        args = self.web_ui.template_args
+        args["extended_tabs"] = [{"title": TAB_TITLE, "key": TAB_KEY}]
+        args["extended_tables"] = [
             {"key": TAB_KEY, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}
         ]
-        web_ui.template_args["extended_csv_files"] = [
+        args["extended_csv_files"] = [
             {"href": "./loadtest/hdr.json", "title": "Download HDR histograms (JSON)"},
             {"href": "./loadtest/compare.csv", "title": "Download HDR comparison CSV"},
         ]
+
+    def _extend_stats(self) -> None:
+        """Our rows ride on every ``/stats/requests`` answer the UI polls."""
+        from flask import Response, request
+
         stats_path = f"{self.base_path}/stats/requests"
 
-        @web_ui.app.after_request
+        @self.web_ui.app.after_request
         def add_comparison(response: Response) -> Response:
             if request.path != stats_path or response.status_code != 200:
                 return response
@@ -227,6 +248,12 @@ class ComparisonTab:
             data["extended_stats"] = [{"key": TAB_KEY, "data": formatted(rows)}]
             response.set_data(json.dumps(data))
             return response
+
+    def _add_downloads(self) -> None:
+        """``loadtest/hdr.json`` and ``loadtest/compare.csv`` on the "Download Data" tab."""
+        from flask import Response
+
+        web_ui = self.web_ui
 
         def download(body: str, mimetype: str, filename: str) -> Response:
             return Response(

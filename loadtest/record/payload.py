@@ -9,6 +9,7 @@ known and the accuracy of the served model can be checked under load.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from contract import INPUT_NAME, INPUT_SHAPE, OUTPUT_CLASSES, SIGNATURE_NAME
+from contract import INPUT_SHAPE, OUTPUT_CLASSES, SIGNATURE_NAME
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,7 @@ class TestSet:
         return len(self.labels)
 
 
-_TEST_SET: TestSet | None = None
-
-
+@functools.cache  # process-wide: the test set is immutable and every user shares it
 def load_test_set() -> TestSet:
     """The 10,000 MNIST test images, loaded once per process.
 
@@ -40,9 +39,6 @@ def load_test_set() -> TestSet:
     instead of decompressing the training set too); otherwise ``mnist_data.load_mnist`` finds
     and caches MNIST from its other sources.
     """
-    global _TEST_SET  # noqa: PLW0603 - process-wide cache of an immutable dataset
-    if _TEST_SET is not None:
-        return _TEST_SET
     from mnist_data import TEST_SIZE, keras_cache_path, load_mnist
 
     images: np.ndarray | None = None
@@ -65,8 +61,7 @@ def load_test_set() -> TestSet:
         mnist = load_mnist()
         images, labels = mnist.x_test, mnist.y_test
     assert images is not None and labels is not None
-    _TEST_SET = TestSet(np.ascontiguousarray(images), labels.astype(np.int64))
-    return _TEST_SET
+    return TestSet(np.ascontiguousarray(images), labels.astype(np.int64))
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -105,18 +100,12 @@ class ImageRing:
 
 
 def predict_request(model: str, images_uint8: np.ndarray, signature: str = SIGNATURE_NAME) -> Any:
-    """A ``tensorflow.serving.PredictRequest`` for ``images_uint8`` (B,28,28) as float32."""
-    from contract.protos import predict_pb2, types_pb2
+    """A ``tensorflow.serving.PredictRequest`` for ``images_uint8`` (B,28,28) as float32, built by
+    the project's client (:func:`serving.client.predict_request`) and asking for ``classes``
+    only (the load test checks classes; probabilities would only add bytes to every answer)."""
+    from serving.client import predict_request as client_request
 
-    batch = to_float(images_uint8)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    tensor = request.inputs[INPUT_NAME]
-    tensor.dtype = types_pb2.DT_FLOAT
-    for size in (batch.shape[0], *INPUT_SHAPE):
-        tensor.tensor_shape.dim.add().size = size
-    tensor.tensor_content = batch.astype("<f4", copy=False).tobytes()
+    request = client_request(model, to_float(images_uint8), signature_name=signature)
     request.output_filter.append(OUTPUT_CLASSES)
     return request
 

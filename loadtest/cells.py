@@ -1,4 +1,10 @@
-"""The results table of a sweep: one row per cell, as ``results.csv`` and ``results.json``.
+"""What a sweep measures: the identity of one cell (:class:`CellKey`), its row of
+``results.csv`` / ``results.json`` (:class:`Row`), and what else the sweep learns per cell.
+
+A cell is (runtime, device, mode, protocol, model, batch size, concurrency, repeat); rows, ratios,
+the report, ``--compare``, the web UI's comparison tab and Locust's request names all name cells
+through :class:`CellKey`, and :meth:`CellKey.from_row` / :meth:`CellKey.to_row` are the one mapping
+between a key and the columns of a results row.
 
 The column names and their order are an interface: users script against them.
 
@@ -26,8 +32,120 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypedDict, cast, get_type_hints
+
+SERVED = "served"
+IN_PROCESS = "in-process"
+MODES = (SERVED, IN_PROCESS)
+IN_PROCESS_PROTOCOL = "none"
+
+
+def request_name(model: str, batch_size: int) -> str:
+    """The name of a (model, batch size) row in Locust's statistics (the type column says the
+    protocol): ``standard batch=32``."""
+    return f"{model} batch={batch_size}"
+
+
+@dataclass(frozen=True, order=True)
+class CellKey:
+    """The identity of one measurement: runtime, device, mode (``served`` or ``in-process``),
+    protocol (``grpc``, ``rest``; ``none`` in-process), model, batch size, concurrency (Locust
+    users; 1 in-process) and repeat (0, 1, … the repetitions of a cell)."""
+
+    runtime: str
+    device: str
+    mode: str
+    protocol: str
+    model: str
+    batch_size: int
+    concurrency: int
+    repeat: int = 0
+
+    @classmethod
+    def served(
+        cls,
+        runtime: str,
+        device: str,
+        protocol: str,
+        model: str,
+        batch_size: int,
+        concurrency: int,
+        repeat: int = 0,
+    ) -> CellKey:
+        """A cell measured through a server."""
+        return cls(runtime, device, SERVED, protocol, model, batch_size, concurrency, repeat)
+
+    @classmethod
+    def in_process(
+        cls, runtime: str, device: str, model: str, batch_size: int, repeat: int = 0
+    ) -> CellKey:
+        """A cell of the in-process floor (no server, no protocol, one caller)."""
+        return cls(runtime, device, IN_PROCESS, IN_PROCESS_PROTOCOL, model, batch_size, 1, repeat)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CellKey:
+        """The key of a results row (``repeat`` absent in old results: 0)."""
+        return cls(
+            runtime=str(row["runtime"]),
+            device=str(row["device"]),
+            mode=str(row["mode"]),
+            protocol=str(row["protocol"]),
+            model=str(row["model"]),
+            batch_size=int(row["batch_size"]),
+            concurrency=int(row["concurrency"]),
+            repeat=int(row.get("repeat", 0) or 0),
+        )
+
+    def to_row(self) -> dict[str, str | int]:
+        """The key's columns of a results row (:data:`KEY_COLUMNS`)."""
+        return {column: getattr(self, column) for column in KEY_COLUMNS}
+
+    @property
+    def cell(self) -> CellKey:
+        """The key shared by all repetitions (repeat 0)."""
+        return replace(self, repeat=0)
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe id of a served cell: ``onnx-standard-grpc-b32-c8`` (``-r1`` …)."""
+        base = f"{self.runtime}-{self.model}-{self.protocol}-b{self.batch_size}-c{self.concurrency}"
+        return f"{base}-r{self.repeat}" if self.repeat else base
+
+    @property
+    def sample_key(self) -> str:
+        """The key of the cell's throughput samples in ``run.json``:
+        ``runtime|device|model|protocol|batch_size|concurrency|repeat``."""
+        return "|".join(
+            str(v)
+            for v in (
+                self.runtime,
+                self.device,
+                self.model,
+                self.protocol,
+                self.batch_size,
+                self.concurrency,
+                self.repeat,
+            )
+        )
+
+    @property
+    def request_name(self) -> str:
+        """The cell's row name in Locust's statistics."""
+        return request_name(self.model, self.batch_size)
+
+
+KEY_COLUMNS: tuple[str, ...] = (
+    "runtime",
+    "device",
+    "mode",
+    "protocol",
+    "model",
+    "batch_size",
+    "concurrency",
+    "repeat",
+)
 
 
 class Row(TypedDict):
@@ -59,6 +177,27 @@ class Row(TypedDict):
 
 
 COLUMNS: tuple[str, ...] = tuple(get_type_hints(Row))
+
+
+class CellDetails(TypedDict, total=False):
+    """What else the sweep learnt running a served cell: an entry of ``run.json``'s ``cells``."""
+
+    cell: str  # CellKey.slug
+    repeat: int
+    processes: int  # Locust worker processes (0: Locust's local runner)
+    command: str
+    notes: list[str]
+    returncode: int
+    requests: int
+    window_s: float
+    generator_busiest_process_cpu: float | None
+    machine_cpu_percent: float | None
+    final_snapshots: int | None
+    snapshots: int | None
+    generator_saturated: bool
+    machine_saturated: bool
+
+
 SERVER_PHASES: tuple[str, ...] = ("decode", "queue", "infer", "encode")
 # Columns a results file written by an earlier version may lack, with the value they read as.
 _OPTIONAL_COLUMNS: dict[str, Any] = {
@@ -67,8 +206,6 @@ _OPTIONAL_COLUMNS: dict[str, Any] = {
 }
 INT_COLUMNS = frozenset({"batch_size", "concurrency", "repeat", "errors"})
 STR_COLUMNS = frozenset({"runtime", "device", "model", "protocol", "mode"})
-MODES = ("served", "in-process")
-IN_PROCESS_PROTOCOL = "none"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 
@@ -136,12 +273,8 @@ def read_results(run_dir: Path) -> list[Row]:
 
 
 def sample_key(row: Mapping[str, Any]) -> str:
-    """The key of a row's throughput samples in ``run.json``:
-    ``runtime|device|model|protocol|batch_size|concurrency|repeat``."""
-    return "|".join(
-        str(row[c])
-        for c in ("runtime", "device", "model", "protocol", "batch_size", "concurrency", "repeat")
-    )
+    """The key of a row's throughput samples in ``run.json`` (:attr:`CellKey.sample_key`)."""
+    return CellKey.from_row(row).sample_key
 
 
 # Locust workers report to the master every 3 s: in a distributed run the master's per-second
@@ -172,3 +305,55 @@ def history_samples(
         if t1 > t0 and n1 >= n0:
             samples.append((n1 - n0) * batch_size / (t1 - t0))
     return samples
+
+
+def measured_row(
+    key: CellKey,
+    entry: Mapping[str, Any],
+    *,
+    errors: int,
+    generator_cpu: float,
+    server_cpu: float,
+    server_ms: Mapping[str, float | None] | None = None,
+) -> Row:
+    """The row of ``key`` from a measurement ``entry`` (Locust's merged HDR result or the
+    in-process floor's); ``server_ms``: the ``server_<phase>_ms`` columns when scraped."""
+    phases = server_ms or {}
+    return Row(
+        runtime=key.runtime,
+        device=key.device,
+        model=key.model,
+        protocol=key.protocol,
+        mode=key.mode,
+        batch_size=key.batch_size,
+        concurrency=key.concurrency,
+        repeat=key.repeat,
+        requests_per_s=entry["requests_per_s"],
+        images_per_s=entry["images_per_s"],
+        p50_ms=entry["p50_ms"],
+        p90_ms=entry["p90_ms"],
+        p99_ms=entry["p99_ms"],
+        p999_ms=entry["p999_ms"],
+        max_ms=entry["max_ms"],
+        errors=errors,
+        accuracy=entry["accuracy"],
+        generator_cpu=generator_cpu,
+        server_cpu=server_cpu,
+        server_decode_ms=phases.get("server_decode_ms"),
+        server_queue_ms=phases.get("server_queue_ms"),
+        server_infer_ms=phases.get("server_infer_ms"),
+        server_encode_ms=phases.get("server_encode_ms"),
+    )
+
+
+_NO_MEASUREMENT = dict.fromkeys(
+    ("requests_per_s", "images_per_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"),
+    math.nan,
+) | {"accuracy": math.nan}
+
+
+def empty_row(key: CellKey, *, errors: int = 0) -> Row:
+    """The row of a cell without measurements (``errors`` -1: it could not run)."""
+    return measured_row(
+        key, _NO_MEASUREMENT, errors=errors, generator_cpu=math.nan, server_cpu=math.nan
+    )

@@ -1,6 +1,6 @@
 """Per-operator profile: where each model's time goes, by layer kind, and the MAC rate achieved.
 
-``python -m loadtest.opprofile`` runs a model with ONNX Runtime's own profiler
+``python -m loadtest.run.opprofile`` runs a model with ONNX Runtime's own profiler
 (``SessionOptions.enable_profiling``), reads back the JSON trace it writes, and sums the kernel
 time of every node per layer kind: ``standard conv``, ``depthwise``, ``pointwise``, ``dense``,
 ``pooling`` and ``rest`` (reshapes, layout reorders, softmax, argmax...), plus ``call overhead``:
@@ -40,7 +40,8 @@ from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
-from loadtest.cpu import pin_from_flag
+from loadtest.cli import MAX_BATCH_SIZE, comma_list, ints
+from loadtest.run.cpu import pin_from_flag
 
 PROFILED_RUNTIMES = ("onnx", "tensorflow")
 DEFAULT_BATCH_SIZES = (1, 32, 256)
@@ -238,122 +239,6 @@ def profile_model(
     return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
 
 
-# oneDNN builds (AVX-512 machines) rename TensorFlow's CPU kernels:
-# `_MklNativeDepthwiseConv2dNative`, `_MklNativeFusedConv2D`, `_MklFusedMatMul`,
-# `_MklNativeMaxPool`, `_MklSoftmax`; grappler's fusions add `_Fused`/`Fused`. Strip those
-# prefixes and classify what remains.
-_TF_KERNEL_PREFIXES = ("_MklNative", "_Mkl", "_Fused", "Fused", "_")
-_TF_POOLING = ("MaxPool", "AvgPool", "MaxPoolV2", "AvgPoolV2")
-
-
-def tf_kernel_base(op_type: str) -> str:
-    """``op_type`` without oneDNN's and grappler's prefixes (``_MklNativeFusedConv2D`` ->
-    ``Conv2D``)."""
-    base = op_type
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _TF_KERNEL_PREFIXES:
-            if base.startswith(prefix) and len(base) > len(prefix):
-                base = base[len(prefix) :]
-                stripped = True
-                break
-    return base
-
-
-def tf_kind(op_type: str, layer_is_depthwise: bool) -> str:
-    """The layer kind a TensorFlow kernel computes, whatever prefix oneDNN or a fusion gave it;
-    ``layer_is_depthwise``: the kernel sits in a layer that also runs a depthwise kernel (its 2-D
-    convolution is then the pointwise one)."""
-    base = tf_kernel_base(op_type)
-    if base.startswith("DepthwiseConv2d"):
-        return "depthwise"
-    if base.startswith(("Conv2D", "Conv3D")):
-        return "pointwise" if layer_is_depthwise else "standard conv"
-    if base.startswith(("MatMul", "BatchMatMul")):
-        return "dense"
-    if base in _TF_POOLING:
-        return "pooling"
-    return "rest"
-
-
-def _layer(op_name: str) -> str:
-    # ".../separable_1/conv1_1/separable_conv2d/depthwise" and ".../separable_1/conv1_1/Relu"
-    # share the layer ".../separable_1/conv1_1".
-    parts = op_name.split("/")
-    return "/".join(parts[:3]) if len(parts) >= 3 else op_name
-
-
-def framework_op_times(xplane_paths: Sequence[str], calls: int) -> dict[str, float]:
-    """Mean ms per call per layer kind from TensorFlow profiler traces (``.xplane.pb``)."""
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
-
-    data, ok = _pywrap_profiler_plugin.xspace_to_tools_data(
-        list(xplane_paths), "framework_op_stats", {}
-    )
-    if not ok:
-        raise ValueError(f"TensorFlow's profiler plugin could not read the trace: {data[:200]!r}")
-    table = json.loads(data)[0]
-    columns = [c["id"] for c in table["cols"]]
-    ops = []
-    for row in table["rows"]:
-        values = dict(
-            zip(columns, [cell.get("v") if cell else None for cell in row["c"]], strict=False)
-        )
-        if values.get("type") in ("IDLE", None):
-            continue
-        ops.append(
-            (str(values["type"]), str(values["operation"]), float(values["total_self_time"]))
-        )
-    depthwise_layers = {
-        _layer(name) for op_type, name, _ in ops if tf_kind(op_type, False) == "depthwise"
-    }
-    totals: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
-    for op_type, name, self_us in ops:
-        totals[tf_kind(op_type, _layer(name) in depthwise_layers)] += self_us
-    return {kind: us / 1000.0 / calls for kind, us in totals.items()}
-
-
-def profile_tensorflow(
-    version_dir: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
-) -> dict[str, tuple[float, int]]:
-    """{kind: (ms per call, MACs per call)} of the TensorFlow runtime's ``predict``."""
-    import tensorflow as tf
-
-    from contract import INPUT_NAME, ONNX_FILENAME, SIGNATURE_NAME
-    from serving.runtimes import RuntimeOptions, load_runtime
-    from serving.runtimes.tensorflow import TensorFlowRuntime
-
-    runtime = load_runtime("tensorflow", version_dir, RuntimeOptions())
-    # The server runs up to 8 rows on TF's single-threaded executor, whose kernels TF's
-    # profiler does not record: the default executor here, same kernels, its own overhead.
-    assert isinstance(runtime, TensorFlowRuntime)
-    runtime.single_threaded_max_rows = 0
-    images = np.random.default_rng(0).random((batch_size, 28, 28, 1), dtype=np.float32)
-    try:
-        for _ in range(warmup_calls):
-            runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
-        with tempfile.TemporaryDirectory(prefix="tfprofile-") as tmp:
-            calls, wall = 0, 0.0
-            deadline = time.perf_counter() + min_seconds
-            tf.profiler.experimental.start(tmp)
-            try:
-                while calls < MIN_CALLS or time.perf_counter() < deadline:
-                    started = time.perf_counter()
-                    runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
-                    wall += time.perf_counter() - started
-                    calls += 1
-            finally:
-                tf.profiler.experimental.stop()
-            times = framework_op_times([str(p) for p in Path(tmp).rglob("*.xplane.pb")], calls)
-    finally:
-        runtime.close()
-    # What the ops' self time does not cover: the runtime's Python side, feeding and fetching.
-    times["call overhead"] = max(wall * 1000.0 / calls - sum(times.values()), 0.0)
-    per_image = GraphCosts(version_dir / ONNX_FILENAME).macs_by_kind()
-    return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
-
-
 def profile_rows(
     runtime: str,
     models_dir: Path,
@@ -363,7 +248,8 @@ def profile_rows(
 ) -> list[OpRow]:
     """Profile every model at every batch size; rows for ``opprofile.csv``."""
     from contract import ONNX_FILENAME
-    from loadtest.inprocess import latest_version_dir
+    from loadtest.run.floor import latest_version_dir
+    from loadtest.run.opprofile_tf import profile_tensorflow
 
     if runtime not in PROFILED_RUNTIMES:
         raise ValueError(f"no per-operator profiler for runtime {runtime!r}")
@@ -431,9 +317,9 @@ def read_opprofile(path: Path) -> list[OpRow]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.opprofile``: profile one runtime's models, append to a CSV."""
+    """``python -m loadtest.run.opprofile``: profile one runtime's models, append to a CSV."""
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.opprofile",
+        prog="python -m loadtest.run.opprofile",
         description="Per-operator profile (time and MACs per layer kind) of the exported models.",
     )
     parser.add_argument("--runtime", default="onnx", choices=PROFILED_RUNTIMES)
@@ -450,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = profile_rows(
             args.runtime,
             args.models_dir,
-            [m for m in args.models.split(",") if m],
-            [int(b) for b in args.batch_sizes.split(",") if b],
+            comma_list(args.models, "--models"),
+            list(ints(args.batch_sizes, "--batch-sizes", MAX_BATCH_SIZE)),
         )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"per-operator profile failed: {exc}", file=sys.stderr)

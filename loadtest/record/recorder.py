@@ -14,14 +14,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadtest import hdr
+from loadtest.record import hdr
 
 SNAPSHOT_KEY = "loadtest_hdr"  # our entry in the data dict of Locust's worker reports
 
@@ -130,6 +130,53 @@ class Recorder:
         }
 
 
+_COUNTERS = ("window_requests", "answered", "failures", "images", "correct")
+
+
+@dataclass
+class _Totals:
+    """One key's counters summed over processes."""
+
+    histograms: list[str] = field(default_factory=list)  # encoded, one per process
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    requests_per_s: float = 0.0
+
+
+def _sum_keys(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, _Totals]:
+    """Every key's totals; throughput is each process's requests over its own window."""
+    keys: dict[str, _Totals] = {}
+    for snap in snapshots:
+        window_s = float(snap["window_end"]) - float(snap["window_start"])
+        for key, entry in snap["keys"].items():
+            totals = keys.setdefault(key, _Totals())
+            totals.histograms.append(entry["histogram"])
+            for counter in _COUNTERS:
+                totals.counts[counter] += int(entry[counter])
+            if window_s > 0:
+                totals.requests_per_s += int(entry["window_requests"]) / window_s
+    return keys
+
+
+def _result(key: str, totals: _Totals) -> dict[str, Any]:
+    """The merged result of one key: counts, throughput, accuracy and latency percentiles."""
+    model, protocol, batch_size = parse_key(key)
+    merged = hdr.merge(totals.histograms)
+    counts = totals.counts
+    return {
+        "model": model,
+        "protocol": protocol,
+        "batch_size": batch_size,
+        "requests": counts["window_requests"],
+        "answered": counts["answered"],
+        "failures": counts["failures"],
+        "requests_per_s": totals.requests_per_s,
+        "images_per_s": totals.requests_per_s * batch_size,
+        "accuracy": counts["correct"] / counts["images"] if counts["images"] else math.nan,
+        **hdr.summarize(merged).as_dict(),
+        "histogram": hdr.encode(merged),
+    }
+
+
 def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Combine the snapshots of all processes into one result per key.
 
@@ -137,47 +184,7 @@ def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     divided by its own window, so processes whose windows differ slightly are each counted right.
     """
     snapshots = list(snapshots)
-    keys: dict[str, dict[str, Any]] = {}
-    for snap in snapshots:
-        window_s = float(snap["window_end"]) - float(snap["window_start"])
-        for key, entry in snap["keys"].items():
-            acc = keys.setdefault(
-                key,
-                {
-                    "histograms": [],
-                    "window_requests": 0,
-                    "answered": 0,
-                    "failures": 0,
-                    "images": 0,
-                    "correct": 0,
-                    "requests_per_s": 0.0,
-                },
-            )
-            acc["histograms"].append(entry["histogram"])
-            for counter in ("window_requests", "answered", "failures", "images", "correct"):
-                acc[counter] += int(entry[counter])
-            if window_s > 0:
-                acc["requests_per_s"] += int(entry["window_requests"]) / window_s
-    results = []
-    for key, acc in sorted(keys.items()):
-        model, protocol, batch_size = parse_key(key)
-        merged = hdr.merge(acc["histograms"])
-        summary = hdr.summarize(merged)
-        results.append(
-            {
-                "model": model,
-                "protocol": protocol,
-                "batch_size": batch_size,
-                "requests": acc["window_requests"],
-                "answered": acc["answered"],
-                "failures": acc["failures"],
-                "requests_per_s": acc["requests_per_s"],
-                "images_per_s": acc["requests_per_s"] * batch_size,
-                "accuracy": acc["correct"] / acc["images"] if acc["images"] else math.nan,
-                **summary.as_dict(),
-                "histogram": hdr.encode(merged),
-            }
-        )
+    keys = _sum_keys(snapshots)
     starts = [float(s["window_start"]) for s in snapshots]
     ends = [float(s["window_end"]) for s in snapshots]
     return {
@@ -185,7 +192,7 @@ def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "final_snapshots": sum(1 for s in snapshots if s.get("final")),
         "window_start": min(starts) if starts else math.nan,
         "window_end": max(ends) if ends else math.nan,
-        "results": results,
+        "results": [_result(key, totals) for key, totals in sorted(keys.items())],
     }
 
 

@@ -1,0 +1,113 @@
+"""The sweep's measuring children, each a fresh process pinned to the server's cores: the
+in-process floor (:mod:`loadtest.run.floor`) and the operator profile
+(:mod:`loadtest.run.opprofile`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, TypedDict
+
+from loadtest.cells import CellKey, Row, measured_row
+from loadtest.plan import SweepConfig
+from loadtest.run.cpu import pinned
+
+
+class FloorFacts(TypedDict, total=False):
+    """What the in-process floor of one runtime told besides its rows (``run.json``)."""
+
+    runtime: str
+    describe: dict[str, Any]
+    error: str
+
+
+def _child(command: list[str], log_path: Path, timeout: float, cpus: tuple[int, ...] | None) -> int:
+    """Run a measuring child process on ``cpus`` with its output in ``log_path``."""
+    with open(log_path, "wb") as log, pinned(cpus):
+        try:
+            return subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return -9
+
+
+def _last_line(log_path: Path) -> str:
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return tail[0]
+
+
+def floor_command(runtime: str, config: SweepConfig, output: Path) -> list[str]:
+    """``python -m loadtest.run.floor`` for ``runtime`` over the grid's models and batch sizes."""
+    grid = config.grid
+    return [
+        *(sys.executable, "-m", "loadtest.run.floor"),
+        *("--runtime", runtime, "--models-dir", str(config.models_dir)),
+        *("--models", ",".join(grid.models)),
+        *("--batch-sizes", ",".join(map(str, grid.batch_sizes))),
+        *("--duration", str(grid.duration_s), "--warmup", str(grid.warmup_s)),
+        *("--device", config.device, "--repeats", str(grid.repeats)),
+        *("--output", str(output)),
+    ]
+
+
+def run_floor(
+    runtime: str, config: SweepConfig, run_dir: Path
+) -> tuple[list[Row], FloorFacts, dict[str, list[float]]]:
+    """Measure ``runtime`` in-process in a child process on the server's cores; its rows, facts
+    and throughput samples (images/s per slice of each measurement window, by sample key)."""
+    grid = config.grid
+    output = run_dir / f"inprocess-{runtime}.json"
+    log_path = run_dir / f"inprocess-{runtime}.log"
+    timeout = 300 + grid.floor_cells_per_runtime * (grid.duration_s + grid.warmup_s + 30)
+    returncode = _child(
+        floor_command(runtime, config, output), log_path, timeout, config.server_cpus
+    )
+    if returncode != 0 or not output.is_file():
+        return (
+            [],
+            FloorFacts(runtime=runtime, error=f"exit {returncode}: {_last_line(log_path)}"),
+            {},
+        )
+    measured = json.loads(output.read_text())
+    rows = []
+    samples = {}
+    for entry in measured["results"]:
+        key = CellKey.in_process(
+            runtime, config.device, entry["model"], entry["batch_size"], int(entry.get("repeat", 0))
+        )
+        row = measured_row(
+            key, entry, errors=0, generator_cpu=math.nan, server_cpu=entry["cpu_percent"]
+        )
+        rows.append(row)
+        samples[key.sample_key] = entry.get("samples", [])
+    return rows, FloorFacts(runtime=runtime, describe=measured.get("describe", {})), samples
+
+
+def run_opprofile(runtime: str, config: SweepConfig, run_dir: Path) -> str | None:
+    """Append ``runtime``'s per-operator profile to ``opprofile.csv`` (on the server's cores);
+    a note when there is none."""
+    from loadtest.run.opprofile import DEFAULT_BATCH_SIZES, OPPROFILE_CSV, PROFILED_RUNTIMES
+
+    if runtime not in PROFILED_RUNTIMES:
+        return (
+            f"{runtime}: no per-operator profile (ONNX Runtime's and TensorFlow's profilers "
+            "are read; this runtime's is not)"
+        )
+    if config.device != "cpu":
+        return f"{runtime}: no per-operator profile on {config.device} (CPU only)"
+    command = [
+        *(sys.executable, "-m", "loadtest.run.opprofile"),
+        *("--runtime", runtime, "--models-dir", str(config.models_dir)),
+        *("--models", ",".join(config.grid.models)),
+        *("--batch-sizes", ",".join(map(str, DEFAULT_BATCH_SIZES))),
+        *("--output", str(run_dir / OPPROFILE_CSV)),
+    ]
+    log_path = run_dir / f"opprofile-{runtime}.log"
+    returncode = _child(command, log_path, 900, config.server_cpus)
+    if returncode != 0:
+        return f"{runtime}: per-operator profile failed (exit {returncode}): {_last_line(log_path)}"
+    return None
