@@ -9,6 +9,8 @@ from __future__ import annotations
 from contract.runtimes import RUNTIMES as RUNTIMES
 
 MODEL_NAMES: tuple[str, ...] = ("standard", "separable")
+# The two Predict APIs every server here speaks (TF Serving's gRPC and REST).
+PROTOCOLS: tuple[str, ...] = ("grpc", "rest")
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 INPUT_SHAPE: tuple[int, ...] = (28, 28, 1)

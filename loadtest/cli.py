@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 from contract import MODEL_NAMES, MODELS_CONFIG_FILENAME, RUNTIMES
+from contract.cli import UsageError, comma_list
 from loadtest.plan import DEMO_GRID, DEVICES, FULL_GRID, PROTOCOLS, Grid, SweepConfig, Target
 
 MAX_CONCURRENCY = 1024
@@ -23,28 +24,6 @@ MAX_BATCH_SIZE = 10_000  # the MNIST test set
 MAX_REPEATS = 100
 
 T = TypeVar("T")
-
-
-class UsageError(ValueError):
-    """A bad command line; the message is one line."""
-
-
-def comma_list(text: str, flag: str, *, repeated: Literal["drop", "reject"] = "drop") -> list[str]:
-    """The items of a comma-separated ``text`` (stripped), in order.
-
-    An empty list or item is an error; repeated items are dropped (``repeated="drop"``, the
-    sweep's axes) or an error (``repeated="reject"``, the locustfile's options, where each item
-    becomes a user class).
-    """
-    text = str(text)
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip():
-        raise UsageError(f"{flag}: expected a comma-separated list, got {text!r}")
-    if any(not item for item in items):
-        raise UsageError(f"{flag}: empty item in {text!r}")
-    if repeated == "reject" and len(set(items)) != len(items):
-        raise UsageError(f"{flag}: repeated item in {text!r}")
-    return list(dict.fromkeys(items))
 
 
 def choices(text: str, flag: str, allowed: Sequence[str]) -> tuple[str, ...]:

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract import MODEL_NAMES
+from contract import MODEL_NAMES, PROTOCOLS
 from loadtest.cells import CellKey
 
-PROTOCOLS: tuple[str, ...] = ("grpc", "rest")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 

@@ -45,6 +45,12 @@ RULES = [
     Rule("serving.model", "serving.transport", "the model layer knows nothing of the wire"),
     Rule("serving.transport", "serving.model.manager", "transports use the service facade"),
     Rule("", "results", "results/ holds records, not code"),
+    # What runs inside Locust ships in the Locust image, without the sweep's planning (which
+    # probes for torch and TensorFlow) or the report's plotting.
+    Rule("loadtest.record", "loadtest.run", "Locust's side needs nothing of the sweep's runner"),
+    Rule("loadtest.record", "loadtest.plan", "Locust's side needs nothing of the sweep's plan"),
+    Rule("loadtest.record", "loadtest.cli", "Locust's side needs nothing of the sweep's flags"),
+    Rule("loadtest.record", "loadtest.report", "Locust's side writes runs, the report reads them"),
 ]
 
 # Editing the import path from code: a call on sys.path (insert, append...), an assignment to it,

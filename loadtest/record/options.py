@@ -10,11 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from contract import MODEL_NAMES
-from contract.cli import non_negative_int, positive_int
+from contract import MODEL_NAMES, PROTOCOLS
+from contract.cli import comma_list, non_negative_int, positive_int
 from loadtest.cells import request_name
-from loadtest.cli import comma_list
-from loadtest.plan import PROTOCOLS
 from loadtest.record.recorder import key_string
 
 DEFAULT_GRPC_TARGET = "127.0.0.1:8500"
