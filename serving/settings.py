@@ -262,7 +262,10 @@ class Settings(BaseModel):
         "tensorflow 1, torch 0)",
     )
     grpc_max_concurrent_streams: Annotated[int, Flag(ours=True)] = Field(
-        0, ge=0, description="HTTP/2 streams per gRPC connection; 0 = gRPC default"
+        100,
+        ge=0,
+        description="HTTP/2 streams per gRPC connection (calls beyond wait in the client); "
+        "0 = gRPC core's default (unlimited)",
     )
     enable_model_warmup: Annotated[bool, Flag()] = Field(
         True, description="replay the version's assets.extra/tf_serving_warmup_requests"
@@ -292,6 +295,54 @@ class Settings(BaseModel):
         64 * 1024 * 1024,
         ge=1024,
         description="largest request accepted, gRPC message or REST body",
+    )
+    max_inflight_request_bytes: Annotated[int, Flag(ours=True)] = Field(
+        0,
+        ge=0,
+        description="memory requests in flight may hold, charged before decoding (REST 26 x "
+        "the body, gRPC 3.5 x the message, measured); over it requests get UNAVAILABLE / 503. "
+        "0 = (the cgroup memory limit read at start, else physical memory, - 160 MiB) x 0.75 "
+        "(docs/reliability.md, Squeezed)",
+    )
+    rest_keepalive_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
+        75.0,
+        gt=0,
+        description="close a REST connection that has not completed a request's headers for "
+        "this long: idle keep-alive and slow-header (slowloris) connections alike",
+    )
+    rest_body_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
+        30.0, gt=0, description="time a REST client gets to send a request body; then "
+        "DEADLINE_EXCEEDED / 504 and the connection is closed"
+    )
+    rest_max_connections: Annotated[int, Flag(ours=True)] = Field(
+        0,
+        ge=0,
+        description="open REST connections; a new one over the cap closes the longest-idle "
+        "(none idle: the new one). 0 = (RLIMIT_NOFILE - 128) / 2",
+    )
+    grpc_max_connections: Annotated[int, Flag(ours=True)] = Field(
+        0,
+        ge=0,
+        description="open gRPC connections (gRPC core closes new ones over the cap). "
+        "0 = (RLIMIT_NOFILE - 128) / 2",
+    )
+    grpc_handshake_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
+        10.0,
+        gt=0,
+        description="close a gRPC connection that has not finished its TLS / HTTP/2 handshake "
+        "(gRPC core's default: 120)",
+    )
+    grpc_max_connection_idle_seconds: Annotated[float, Flag(ours=True)] = Field(
+        300.0, ge=0, description="GOAWAY a gRPC connection without calls for this long; 0 = never"
+    )
+    grpc_max_connection_age_seconds: Annotated[float, Flag(ours=True)] = Field(
+        0.0,
+        ge=0,
+        description="GOAWAY a gRPC connection this old (clients reconnect, load spreads "
+        "again); 0 = never",
+    )
+    grpc_max_connection_age_grace_seconds: Annotated[float, Flag(ours=True)] = Field(
+        30.0, ge=0, description="calls still running at the connection's age get this long"
     )
     request_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
         30.0, gt=0, description="deadline for a request without a client deadline"

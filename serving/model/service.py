@@ -29,6 +29,7 @@ from serving.errors import (
     unimplemented,
 )
 from serving.metrics import PhaseTimes
+from serving.model.admission import Admission, Ticket, budget_from_memory, memory_limit_bytes
 from serving.model.batching import Batcher
 from serving.model.config import ModelConfig
 from serving.model.manager import ModelManager
@@ -80,8 +81,11 @@ class PredictionService:
         batching: BatchingSettings | None = None,
         batch_executor: Executor | None = None,
         inline_max_rows: int = 0,
+        admission: Admission | None = None,
     ) -> None:
         self._manager = manager
+        # No budget given (tests, tools): the default of --max_inflight_request_bytes.
+        self.admission = admission or Admission(budget_from_memory(memory_limit_bytes()[0]))
         self._executor = executor
         self._batching = batching
         self._batch_executor = batch_executor or executor
@@ -104,6 +108,11 @@ class PredictionService:
         return signatures[key]
 
     # ---- the facade the transports call ------------------------------------------------
+    def admit(self, body_bytes: int, bytes_per_byte: float, api: str) -> Ticket:
+        """Charge a request's memory to the in-flight budget before it is decoded, or refuse
+        it (serving/model/admission.py); the transport releases the ticket once answered."""
+        return self.admission.admit(body_bytes, bytes_per_byte, api)
+
     def input_signature(self, ref: ModelRef) -> Signature:
         """The signature a request for ``ref`` will run (REST decodes JSON against it)."""
         servable = self._manager.resolve(ref.name, ref.version, ref.label)

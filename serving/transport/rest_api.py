@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 from aiohttp import web
 from google.protobuf import json_format
 
 from contract.protos import get_model_status_pb2
 from serving import metrics
 from serving.errors import (
+    ServingError,
     http_status,
     invalid_argument,
     not_found,
@@ -28,8 +30,10 @@ from serving.errors import (
     status_of,
 )
 from serving.metrics import PhaseTimes
+from serving.model.admission import REST_BYTES_PER_BODY_BYTE, Ticket
 from serving.model.service import ModelRef, PredictionService
 from serving.model_protos import signature_def_map, version_statuses
+from serving.transport.connections import RestConnectionCap
 from serving.transport.rest_json import (
     decode_predict,
     decode_predict_fast,
@@ -75,12 +79,17 @@ class RestApi:
     """Request handlers; ``app()`` builds the aiohttp application."""
 
     def __init__(
-        self, service: PredictionService, max_request_bytes: int, timeout_s: float
+        self,
+        service: PredictionService,
+        max_request_bytes: int,
+        timeout_s: float,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self._service = service
         self._codec = ThreadPoolExecutor(2, thread_name_prefix="json")
         self._max_bytes = max_request_bytes
         self._timeout_s = timeout_s
+        self._body_timeout_s = body_timeout_s
         self._decoding = 0  # :predict bodies being decoded (on the loop or a codec thread)
 
     def app(self) -> web.Application:
@@ -127,21 +136,43 @@ class RestApi:
 
     async def _predict(self, request: web.Request, match: re.Match[str]) -> web.Response:
         verb = match.group(4).lower()
+        raw = await self._read_body(request)
+        # Charged before decoding, at the measured worst case; lowered once decoded.
+        with self._service.admit(len(raw), REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
+            return await self._decode_and_predict(raw, match, verb, ticket)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, read within ``--rest_body_timeout_seconds``, its declared size
+        charged to admission while it arrives (a client cannot declare more than the budget
+        and trickle it)."""
         declared = request.content_length
         if declared is not None and declared > self._max_bytes:
             # Refuse before reading: the body never enters memory.
             raise request_too_large(self._max_bytes)
+        charge = declared if declared is not None else self._max_bytes
         try:
-            if declared is not None:
-                # The chunks joined once; request.read() grows a bytearray chunk by chunk and
-                # copies it again (a quarter of the server's time for a 4.5 MB body, profiled).
-                raw = await request.content.readexactly(declared)
-            else:
-                raw = await request.read()
+            with self._service.admit(charge, 1.0, "rest"):
+                async with asyncio.timeout(self._body_timeout_s):
+                    if declared is not None:
+                        # The chunks joined once; request.read() grows a bytearray chunk by
+                        # chunk and copies it again (a quarter of the server's time for a
+                        # 4.5 MB body, profiled).
+                        return await request.content.readexactly(declared)
+                    return await request.read()
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past client_max_size
             raise request_too_large(self._max_bytes) from None
         except asyncio.IncompleteReadError:
             raise invalid_argument("the request body ended before its Content-Length") from None
+        except TimeoutError:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"request body not received within {self._body_timeout_s:g} s "
+                "(--rest_body_timeout_seconds)",
+            ) from None
+
+    async def _decode_and_predict(
+        self, raw: bytes, match: re.Match[str], verb: str, ticket: Ticket
+    ) -> web.Response:
         started = time.perf_counter()
         # Large bodies (a 256-image row-format body is ~4.5 MB of JSON) are decoded on a codec
         # thread while other requests are in flight, so the loop goes on answering them at
@@ -171,6 +202,8 @@ class RestApi:
                 inputs, row_format = body.inputs(signature)
         finally:
             self._decoding -= 1
+        # Decoded: the body and the arrays are what the request holds from now on.
+        ticket.resize(len(raw) + sum(array.nbytes for array in inputs.values()))
         # decode: JSON parse and conversion to arrays, the thread hops included.
         times = PhaseTimes(decode=time.perf_counter() - started)
         result = await self._service.predict(
@@ -225,11 +258,26 @@ class RestApi:
 
 
 async def start_rest(
-    api: RestApi, host: str, port: int, ssl_context: ssl.SSLContext | None
+    api: RestApi,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    keepalive_timeout_s: float = 75.0,
+    max_connections: int = 0,
 ) -> web.AppRunner:
-    """Serve the REST API on ``host:port`` (SO_REUSEPORT so workers share it)."""
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    """Serve the REST API on ``host:port`` (SO_REUSEPORT so workers share it). Connections
+    waiting for a request's headers longer than ``keepalive_timeout_s`` are closed (aiohttp's
+    keep-alive timer runs from the connection's start and after each answer, so it covers
+    sockets that never send a byte and slowloris ones alike); ``max_connections`` caps them
+    (serving/transport/connections.py)."""
+    runner = web.AppRunner(
+        api.app(), access_log=None, handle_signals=False, keepalive_timeout=keepalive_timeout_s
+    )
     await runner.setup()
+    if max_connections:
+        assert runner.server is not None
+        RestConnectionCap(runner.server, max_connections)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=True)
     await site.start()
     return runner
