@@ -311,8 +311,10 @@ class Settings(BaseModel):
         "this long: idle keep-alive and slow-header (slowloris) connections alike",
     )
     rest_body_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
-        30.0, gt=0, description="time a REST client gets to send a request body; then "
-        "DEADLINE_EXCEEDED / 504 and the connection is closed"
+        30.0,
+        gt=0,
+        description="time a REST client gets to send a request body; then "
+        "DEADLINE_EXCEEDED / 504 and the connection is closed",
     )
     rest_max_connections: Annotated[int, Flag(ours=True)] = Field(
         0,
@@ -327,7 +329,7 @@ class Settings(BaseModel):
         "0 = (RLIMIT_NOFILE - 128) / 2",
     )
     grpc_handshake_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
-        10.0,
+        5.0,
         gt=0,
         description="close a gRPC connection that has not finished its TLS / HTTP/2 handshake "
         "(gRPC core's default: 120)",

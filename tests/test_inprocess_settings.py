@@ -45,7 +45,7 @@ FLAGS = {
     "--rest_body_timeout_seconds": 30.0,
     "--rest_max_connections": 0,
     "--grpc_max_connections": 0,
-    "--grpc_handshake_timeout_seconds": 10.0,
+    "--grpc_handshake_timeout_seconds": 5.0,
     "--grpc_max_connection_idle_seconds": 300.0,
     "--grpc_max_connection_age_seconds": 0.0,
     "--grpc_max_connection_age_grace_seconds": 30.0,

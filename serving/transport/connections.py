@@ -8,9 +8,10 @@ server never gets there: each port has a connection cap, their sum below ``RLIMI
 less a reserve for everything else the process opens; beyond the cap, connections wait in the
 kernel's listen backlog (no descriptor) or are closed.
 
-- REST (``RestConnectionCap``): a new connection over the cap closes the longest-idle one
-  (idle: waiting for a request's headers, which covers slowloris sockets that trickle them), so
-  a flood of idle sockets cannot lock good clients out; when none is idle, the new one is
+- REST (``RestConnectionCap``): a new connection over the cap closes an idle one (idle:
+  waiting for a request's headers, which covers slowloris sockets that trickle them): one that
+  never sent a whole request first, the longest idle first. A flood of idle sockets cannot lock
+  good clients out, nor push out their keep-alive connections; when none is idle, the new one is
   closed. ``--rest_keepalive_timeout_seconds`` closes idle and slow-header connections anyway.
 - gRPC: gRPC core's ``grpc.max_allowed_incoming_connections`` closes new connections over the
   cap (it cannot pick the idle ones); ``grpc.server_handshake_timeout_ms`` closes connections
@@ -66,10 +67,12 @@ def _idle(handler: RequestHandler) -> bool:
     return waiter is not None and not waiter.done()
 
 
-def _last_active(handler: RequestHandler) -> float:
-    # Set at connection and after each answer to now + keepalive_timeout (a constant): the
-    # smallest is the longest idle.
-    return float(handler._next_keepalive_close_time)
+def _shedding_order(handler: RequestHandler) -> tuple[bool, float]:
+    # Connections that never sent a whole request (idle floods, slowloris) go first, then the
+    # longest idle: _next_keepalive_close_time is set at connection and after each answer to
+    # now + keepalive_timeout (a constant). A good client's keep-alive connection, idle a few
+    # milliseconds between requests, outlasts any number of newer sockets that never sent one.
+    return handler._request_count > 0, float(handler._next_keepalive_close_time)
 
 
 class RestConnectionCap:
@@ -95,7 +98,7 @@ class RestConnectionCap:
             return
         idle = [h for h in open_handlers if h is not handler and _idle(h)]
         if idle:
-            oldest = min(idle, key=_last_active)
+            oldest = min(idle, key=_shedding_order)
             oldest.force_close()
             self.shed += 1
             metrics.count_connection_closed("shed")

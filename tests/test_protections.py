@@ -1,0 +1,308 @@
+"""The server's protections against squeezing and hostile clients, through real servers, real
+sockets, loopback only (issue #22, items 4 and 5): every refusal's exact gRPC status / HTTP
+code and message, then proof that the server still serves.
+
+- admission: a request over the whole in-flight budget is RESOURCE_EXHAUSTED / 413, one that
+  does not fit beside those in flight UNAVAILABLE / 503 until they leave;
+- REST: a body not sent within --rest_body_timeout_seconds is 504; connections that never
+  complete a request's headers (idle, slowloris) are closed after
+  --rest_keepalive_timeout_seconds; over --rest_max_connections the ones that never sent a
+  request are shed, oldest first, and keep-alive clients keep being served;
+- gRPC: connections over --grpc_max_connections are closed, silent ones after
+  --grpc_handshake_timeout_seconds, and a new client is answered within a bound;
+- a server under ``ulimit -n 256`` flooded with 400 idle connections per port keeps its
+  descriptors below the limit, does not spin, answers new clients and recovers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from contract.protos import prediction_service_pb2_grpc
+from serving.client import predict_request
+from serving.process import ServerProcess
+
+BUDGET = 4_000_000
+KEEPALIVE_S = 2.0
+BODY_TIMEOUT_S = 3.0
+REST_CAP = 16
+GRPC_CAP = 8
+HANDSHAKE_S = 1.0
+NEW_CLIENT_BOUND_S = 10.0  # docs/reliability.md: a new client's first answer during a flood
+
+
+def _images(rows: int) -> np.ndarray:
+    return np.zeros((rows, 28, 28, 1), np.float32)
+
+
+def _rest_body(rows: int) -> bytes:
+    return json.dumps({"instances": _images(rows).tolist()}).encode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, exported_repository) -> Iterator[ServerProcess]:
+    from tests.conftest import copy_repository
+
+    root = tmp_path_factory.mktemp("protections")
+    repo = copy_repository(exported_repository, root / "models")
+    with ServerProcess(
+        repo / "models.config",
+        [
+            f"--max_inflight_request_bytes={BUDGET}",
+            f"--rest_keepalive_timeout_seconds={KEEPALIVE_S}",
+            f"--rest_body_timeout_seconds={BODY_TIMEOUT_S}",
+            f"--rest_max_connections={REST_CAP}",
+            f"--grpc_max_connections={GRPC_CAP}",
+            f"--grpc_handshake_timeout_seconds={HANDSHAKE_S}",
+        ],
+        log_path=root / "server.log",
+    ) as process:
+        yield process
+
+
+def rest_predict(server: ServerProcess, body: bytes, timeout: float = 30) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(server.host, server.rest_port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/models/standard:predict", body)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def grpc_predict(target: str, rows: int, timeout: float = 30, wait: bool = False) -> str:
+    with grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            stub.Predict(
+                predict_request("standard", _images(rows)), timeout=timeout, wait_for_ready=wait
+            )
+        except grpc.RpcError as error:
+            return f"{error.code().name}: {error.details()}"
+    return "OK"
+
+
+def serves(server: ServerProcess) -> None:
+    """Both APIs answer a one-image request."""
+    assert grpc_predict(server.grpc_target, 1, wait=True) == "OK"
+    status, text = rest_predict(server, _rest_body(1))
+    assert status == 200, text
+
+
+def closed_by_peer(sock: socket.socket, within_s: float) -> float | None:
+    """Seconds until the server closed ``sock`` (EOF or reset), None if still open."""
+    started = time.monotonic()
+    sock.settimeout(within_s)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return time.monotonic() - started
+    except (ConnectionResetError, BrokenPipeError):
+        return time.monotonic() - started
+    except TimeoutError:
+        return None
+
+
+def is_closed(sock: socket.socket) -> bool:
+    return closed_by_peer(sock, 0.05) is not None
+
+
+@contextmanager
+def raw_sockets(port: int, count: int) -> Iterator[list[socket.socket]]:
+    with ExitStack() as stack:
+        sockets = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+            sockets.append(sock)
+        yield sockets
+
+
+# ------------------------------------------------------------------ admission
+
+
+def test_request_over_the_whole_budget_is_resource_exhausted_413(server):
+    outcome = grpc_predict(server.grpc_target, 2048)  # 6.4 MB x 3.5 > 4 MB
+    assert outcome.startswith("RESOURCE_EXHAUSTED: a 6422")
+    assert "whole in-flight budget of 4000000 bytes (--max_inflight_request_bytes)" in outcome
+    status, text = rest_predict(server, _rest_body(64))  # ~250 KB x 26 > 4 MB
+    assert status == 413
+    assert "whole in-flight budget" in json.loads(text)["error"]
+    serves(server)
+
+
+def test_request_beside_a_full_budget_is_unavailable_503_until_it_empties(server):
+    held = 3_000_000
+    with socket.create_connection((server.host, server.rest_port)) as slow:
+        # A body that arrives slowly holds its declared size while it is read.
+        slow.sendall(
+            b"POST /v1/models/standard:predict HTTP/1.1\r\nHost: test\r\n"
+            + f"Content-Length: {held}\r\n\r\n".encode()
+            + b'{"instances": ['
+        )
+        time.sleep(0.3)
+        outcome = grpc_predict(server.grpc_target, 256)  # 0.8 MB x 3.5 = 2.8 MB
+        assert outcome.startswith("UNAVAILABLE: server busy: requests in flight hold 3000000")
+        status, text = rest_predict(server, _rest_body(16))  # ~63 KB x 26 = 1.6 MB
+        assert status == 503
+        assert "server busy" in json.loads(text)["error"]
+        # Small requests still fit beside it.
+        assert grpc_predict(server.grpc_target, 16) == "OK"
+    time.sleep(0.3)  # the server sees the close and returns the charge
+    assert grpc_predict(server.grpc_target, 256) == "OK"
+    serves(server)
+
+
+# ------------------------------------------------------------------ REST connections
+
+
+def test_body_not_sent_in_time_is_504_and_the_connection_closed(server):
+    with socket.create_connection((server.host, server.rest_port)) as slow:
+        slow.sendall(
+            b"POST /v1/models/standard:predict HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        started = time.monotonic()
+        slow.settimeout(BODY_TIMEOUT_S + 5)
+        answer = slow.recv(65536).decode()
+        took = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 504"), answer
+    assert "request body not received within 3 s (--rest_body_timeout_seconds)" in answer
+    assert BODY_TIMEOUT_S - 0.5 < took < BODY_TIMEOUT_S + 2
+    serves(server)
+
+
+def test_idle_and_slowloris_connections_close_after_the_keepalive_timeout(server):
+    with socket.create_connection((server.host, server.rest_port)) as idle:
+        took = closed_by_peer(idle, KEEPALIVE_S + 5)
+    assert took is not None and KEEPALIVE_S - 0.5 < took < KEEPALIVE_S + 2
+    with socket.create_connection((server.host, server.rest_port)) as slowloris:
+        slowloris.sendall(b"GET /v1/models/standard HTTP/1.1\r\nHost: test\r\n")
+        started = time.monotonic()
+        closed_after = None
+        while time.monotonic() - started < KEEPALIVE_S + 5:
+            try:
+                slowloris.sendall(b"X-Slow: 1\r\n")  # never the blank line that ends them
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            if is_closed(slowloris):
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.2)
+    assert closed_after is not None and closed_after < KEEPALIVE_S + 2
+    serves(server)
+
+
+def test_connection_cap_sheds_sockets_that_never_sent_a_request_first(server):
+    keepalive = http.client.HTTPConnection(server.host, server.rest_port, timeout=10)
+    body = _rest_body(1)
+    keepalive.request("POST", "/v1/models/standard:predict", body)
+    assert keepalive.getresponse().read()
+    flood = 3 * REST_CAP
+    with raw_sockets(server.rest_port, flood) as sockets:
+        time.sleep(0.5)
+        # The keep-alive client connected before the flood is still served on its connection.
+        keepalive.request("POST", "/v1/models/standard:predict", body)
+        response = keepalive.getresponse()
+        assert response.status == 200 and response.read()
+        # A new client is answered at once.
+        started = time.monotonic()
+        status, _ = rest_predict(server, body, timeout=10)
+        assert status == 200 and time.monotonic() - started < 2
+        closed = [is_closed(sock) for sock in sockets]
+        # The cap holds (the keep-alive and the new client took two places), oldest shed first.
+        assert sum(closed) >= flood + 2 - REST_CAP
+        first_open = closed.index(False)
+        assert all(closed[:first_open]) and not any(closed[first_open + 1 :][:-2])
+    keepalive.close()
+    serves(server)
+
+
+# ------------------------------------------------------------------ gRPC connections
+
+
+def test_grpc_connection_flood_is_closed_and_a_new_client_answered_in_bound(server):
+    with grpc.insecure_channel(server.grpc_target) as connected:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(connected)
+        stub.Predict(predict_request("standard", _images(1)), timeout=10)
+        with raw_sockets(server.grpc_port, 4 * GRPC_CAP) as sockets:
+            time.sleep(0.2)
+            # A client connected before the flood goes on being served.
+            stub.Predict(predict_request("standard", _images(1)), timeout=10)
+            started = time.monotonic()
+            assert grpc_predict(server.grpc_target, 1, NEW_CLIENT_BOUND_S, wait=True) == "OK"
+            first_answer = time.monotonic() - started
+            # Over the cap at once, the rest after the handshake timeout: none stays open.
+            deadline = time.monotonic() + HANDSHAKE_S + 3
+            while time.monotonic() < deadline and not all(map(is_closed, sockets)):
+                time.sleep(0.1)
+            assert all(map(is_closed, sockets))
+    print(f"gRPC flood of {4 * GRPC_CAP}: new client answered in {first_answer:.2f} s")
+    assert first_answer < NEW_CLIENT_BOUND_S
+    serves(server)
+
+
+# ------------------------------------------------------------------ the descriptor limit
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_flood_past_the_descriptor_limit_neither_locks_out_nor_spins(tmp_path, exported_repository):
+    from tests.conftest import copy_repository
+
+    limit = 256
+    repo = copy_repository(exported_repository, tmp_path / "models")
+    server = ServerProcess(repo / "models.config", log_path=tmp_path / "server.log")
+    # `ulimit -n` sets the soft and the hard limit: the server cannot raise it.
+    server.command = ["sh", "-c", f'ulimit -n {limit} && exec "$@"', "sh", *server.command]
+    with server:
+        assert server.process is not None
+        pid = server.process.pid
+        serves(server)
+        idle_fds = _descriptors(pid)
+        with (
+            raw_sockets(server.rest_port, 400) as rest_flood,
+            raw_sockets(server.grpc_port, 400) as grpc_flood,
+        ):
+            time.sleep(1.0)
+            cpu = _cpu_seconds(pid)
+            time.sleep(2.0)
+            busy = (_cpu_seconds(pid) - cpu) / 2.0
+            during = _descriptors(pid)
+            started = time.monotonic()
+            assert grpc_predict(server.grpc_target, 1, NEW_CLIENT_BOUND_S, wait=True) == "OK"
+            grpc_first = time.monotonic() - started
+            started = time.monotonic()
+            status, text = rest_predict(server, _rest_body(1), timeout=NEW_CLIENT_BOUND_S)
+            rest_first = time.monotonic() - started
+            assert status == 200, text
+            assert len(rest_flood) + len(grpc_flood) == 800
+        print(
+            f"ulimit -n {limit}, 400 idle connections per port: descriptors {idle_fds} idle, "
+            f"{during} during the flood; CPU {busy:.0%}; first answer gRPC {grpc_first:.2f} s, "
+            f"REST {rest_first:.2f} s"
+        )
+        assert during < limit - 16
+        assert busy < 0.5  # no accept loop spinning on EMFILE
+        log = (tmp_path / "server.log").read_text()
+        assert "File descriptor limit reached" not in log
+        time.sleep(0.5)
+        serves(server)
