@@ -190,6 +190,7 @@ class Server:
             if settings.inline_max_rows >= 0
             else INLINE_MAX_ROWS.get(settings.runtime, 0),
             admission=Admission(self.limits.inflight_bytes),
+            max_rows_per_run=settings.max_rows_per_run,
         )
         self.health = Health()
         self._background: set[asyncio.Task[None]] = set()

@@ -41,6 +41,7 @@ FLAGS = {
     "--worker_ready_file": None,
     "--max_request_bytes": 64 * 1024 * 1024,
     "--max_inflight_request_bytes": 0,
+    "--max_rows_per_run": 64,
     "--rest_keepalive_timeout_seconds": 75.0,
     "--rest_body_timeout_seconds": 30.0,
     "--rest_max_connections": 0,

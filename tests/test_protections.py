@@ -142,9 +142,9 @@ def test_request_over_the_whole_budget_is_resource_exhausted_413(server):
 
 
 def test_request_beside_a_full_budget_is_unavailable_503_until_it_empties(server):
-    held = 3_000_000
+    held = 115_000  # x 26 = 2,990,000 bytes charged
     with socket.create_connection((server.host, server.rest_port)) as slow:
-        # A body that arrives slowly holds its declared size while it is read.
+        # A body that arrives slowly holds its charge while it is read.
         slow.sendall(
             b"POST /v1/models/standard:predict HTTP/1.1\r\nHost: test\r\n"
             + f"Content-Length: {held}\r\n\r\n".encode()
@@ -152,7 +152,7 @@ def test_request_beside_a_full_budget_is_unavailable_503_until_it_empties(server
         )
         time.sleep(0.3)
         outcome = grpc_predict(server.grpc_target, 256)  # 0.8 MB x 3.5 = 2.8 MB
-        assert outcome.startswith("UNAVAILABLE: server busy: requests in flight hold 3000000")
+        assert outcome.startswith("UNAVAILABLE: server busy: requests in flight hold 2990000")
         status, text = rest_predict(server, _rest_body(16))  # ~63 KB x 26 = 1.6 MB
         assert status == 503
         assert "server busy" in json.loads(text)["error"]

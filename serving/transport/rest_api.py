@@ -136,29 +136,32 @@ class RestApi:
 
     async def _predict(self, request: web.Request, match: re.Match[str]) -> web.Response:
         verb = match.group(4).lower()
-        raw = await self._read_body(request)
-        # Charged before decoding, at the measured worst case; lowered once decoded.
-        with self._service.admit(len(raw), REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
-            return await self._decode_and_predict(raw, match, verb, ticket)
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        """The whole body, read within ``--rest_body_timeout_seconds``, its declared size
-        charged to admission while it arrives (a client cannot declare more than the budget
-        and trickle it)."""
         declared = request.content_length
         if declared is not None and declared > self._max_bytes:
             # Refuse before reading: the body never enters memory.
             raise request_too_large(self._max_bytes)
-        charge = declared if declared is not None else self._max_bytes
+        if declared is not None:
+            # Charged before the body is read, at the measured worst case (lowered once
+            # decoded): a refused body is never read into memory.
+            with self._service.admit(declared, REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
+                raw = await self._read_body(request, declared)
+                return await self._decode_and_predict(raw, match, verb, ticket)
+        # Chunked: the size is known once read; up to --max_request_bytes is held meanwhile.
+        with self._service.admit(self._max_bytes, 1.0, "rest"):
+            raw = await self._read_body(request, None)
+        with self._service.admit(len(raw), REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
+            return await self._decode_and_predict(raw, match, verb, ticket)
+
+    async def _read_body(self, request: web.Request, declared: int | None) -> bytes:
+        """The whole body, read within ``--rest_body_timeout_seconds``."""
         try:
-            with self._service.admit(charge, 1.0, "rest"):
-                async with asyncio.timeout(self._body_timeout_s):
-                    if declared is not None:
-                        # The chunks joined once; request.read() grows a bytearray chunk by
-                        # chunk and copies it again (a quarter of the server's time for a
-                        # 4.5 MB body, profiled).
-                        return await request.content.readexactly(declared)
-                    return await request.read()
+            async with asyncio.timeout(self._body_timeout_s):
+                if declared is not None:
+                    # The chunks joined once; request.read() grows a bytearray chunk by chunk
+                    # and copies it again (a quarter of the server's time for a 4.5 MB body,
+                    # profiled).
+                    return await request.content.readexactly(declared)
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past client_max_size
             raise request_too_large(self._max_bytes) from None
         except asyncio.IncompleteReadError:
