@@ -21,7 +21,12 @@ from aiohttp import web
 
 from serving import metrics
 from serving.errors import ServingError
-from serving.model.admission import Admission, budget_from_memory, memory_limit_bytes
+from serving.model.admission import (
+    Admission,
+    budget_from_memory,
+    grpc_max_message_bytes,
+    memory_limit_bytes,
+)
 from serving.model.config import ConfigError, ModelConfig, load_config_file
 from serving.model.manager import ModelManager
 from serving.model.service import PredictionService, validate_inputs
@@ -138,6 +143,7 @@ class Limits:
     descriptors: int
     rest_connections: int
     grpc_connections: int
+    grpc_max_message_bytes: int
 
 
 def derive_limits(settings: Settings) -> Limits:
@@ -146,13 +152,17 @@ def derive_limits(settings: Settings) -> Limits:
     ``RLIMIT_NOFILE`` (raised to its hard limit first)."""
     memory, source = memory_limit_bytes()
     descriptors = raise_descriptor_limit()
+    budget = settings.max_inflight_request_bytes or budget_from_memory(memory)
     return Limits(
-        inflight_bytes=settings.max_inflight_request_bytes or budget_from_memory(memory),
+        inflight_bytes=budget,
         memory_bytes=memory,
         memory_source=source,
         descriptors=descriptors,
         rest_connections=connection_cap(settings.rest_max_connections, descriptors),
         grpc_connections=connection_cap(settings.grpc_max_connections, descriptors),
+        grpc_max_message_bytes=grpc_max_message_bytes(
+            budget, settings.max_request_bytes, settings.grpc_max_concurrent_rpcs
+        ),
     )
 
 
@@ -327,9 +337,10 @@ class Server:
         grpc_server = build_server(
             self.service,
             self.health,
-            max_request_bytes=settings.max_request_bytes,
+            max_request_bytes=self.limits.grpc_max_message_bytes,
             timeout_s=settings.request_timeout_seconds,
             max_concurrent_streams=settings.grpc_max_concurrent_streams,
+            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             connection_options=connection_options(
                 max_connections=self.limits.grpc_connections,
                 handshake_timeout_s=settings.grpc_handshake_timeout_seconds,
@@ -378,11 +389,12 @@ class Server:
         )
         limits = self.limits
         log.info(
-            "limits: %d MiB of requests in flight (memory %d MiB from %s); connections REST "
-            "%d, gRPC %d (RLIMIT_NOFILE %d)",
+            "limits: %d MiB of requests in flight (memory %d MiB from %s), gRPC messages up "
+            "to %d KiB; connections REST %d, gRPC %d (RLIMIT_NOFILE %d)",
             limits.inflight_bytes >> 20,
             limits.memory_bytes >> 20,
             limits.memory_source,
+            limits.grpc_max_message_bytes >> 10,
             limits.rest_connections,
             limits.grpc_connections,
             limits.descriptors,

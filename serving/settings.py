@@ -301,7 +301,7 @@ class Settings(BaseModel):
         ge=0,
         description="memory requests in flight may hold, charged before decoding (REST 26 x "
         "the body, gRPC 3.5 x the message, measured); over it requests get UNAVAILABLE / 503. "
-        "0 = (the cgroup memory limit read at start, else physical memory, - 160 MiB) x 0.75 "
+        "0 = (the cgroup memory limit read at start, else physical memory, - 160 MiB) x 0.6 "
         "(docs/reliability.md, Squeezed)",
     )
     max_rows_per_run: Annotated[int, Flag(ours=True)] = Field(
@@ -328,6 +328,14 @@ class Settings(BaseModel):
         ge=0,
         description="open REST connections; a new one over the cap closes the longest-idle "
         "(none idle: the new one). 0 = (RLIMIT_NOFILE - 128) / 2",
+    )
+    grpc_max_concurrent_rpcs: Annotated[int, Flag(ours=True)] = Field(
+        32,
+        ge=0,
+        description="gRPC calls in progress at once, all connections together; more are "
+        "refused with RESOURCE_EXHAUSTED before their message is read. It bounds what gRPC core "
+        "holds before admission sees it: the largest gRPC message is also capped at "
+        "--max_inflight_request_bytes / (2 x this). 0 = unlimited (and no cap)",
     )
     grpc_max_connections: Annotated[int, Flag(ours=True)] = Field(
         0,

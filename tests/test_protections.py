@@ -60,6 +60,7 @@ def server(tmp_path_factory, exported_repository) -> Iterator[ServerProcess]:
         repo / "models.config",
         [
             f"--max_inflight_request_bytes={BUDGET}",
+            "--grpc_max_concurrent_rpcs=0",  # no message cap from it: admission's refusals
             f"--rest_keepalive_timeout_seconds={KEEPALIVE_S}",
             f"--rest_body_timeout_seconds={BODY_TIMEOUT_S}",
             f"--rest_max_connections={REST_CAP}",
@@ -161,6 +162,20 @@ def test_request_beside_a_full_budget_is_unavailable_503_until_it_empties(server
     time.sleep(0.3)  # the server sees the close and returns the charge
     assert grpc_predict(server.grpc_target, 256) == "OK"
     serves(server)
+
+
+def test_grpc_messages_are_capped_by_the_budget_and_concurrent_calls(tmp_path, exported_repository):
+    from tests.conftest import copy_repository
+
+    repo = copy_repository(exported_repository, tmp_path / "models")
+    flags = [f"--max_inflight_request_bytes={BUDGET}", "--grpc_max_concurrent_rpcs=2"]
+    with ServerProcess(repo / "models.config", flags, log_path=tmp_path / "log") as capped:
+        # 4,000,000 / (2 x 2) = 1,000,000 bytes: 256 images (803 KB) pass, 512 do not.
+        assert grpc_predict(capped.grpc_target, 256) == "OK"
+        outcome = grpc_predict(capped.grpc_target, 512)
+        assert outcome.startswith("RESOURCE_EXHAUSTED: ") and "larger than max" in outcome
+        assert "gRPC messages up to 976 KiB" in (tmp_path / "log").read_text()
+        serves(capped)
 
 
 # ------------------------------------------------------------------ REST connections

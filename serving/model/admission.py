@@ -43,9 +43,11 @@ GRPC_BYTES_PER_MESSAGE_BYTE = 3.5
 # models loaded (docker stats), and answers, thread stacks, allocator slack and gRPC core's
 # buffers take the rest of this reserve (measured peaks: docs/reliability.md, "Squeezed").
 RESERVE_BYTES = 160 * 1024 * 1024
-# Of what remains, the share the budget takes: charges are worst cases per byte, but the
-# allocator does not hand freed memory back at once (glibc arenas), so a margin stays free.
-BUDGET_SHARE = 0.75
+# Of what remains, the share the budget takes. gRPC messages that gRPC core has read but
+# admission has not yet seen are held besides the budget: at most --grpc_max_concurrent_rpcs
+# of them, each at most budget / (2 x that), so half a budget (``grpc_max_message_bytes``);
+# 0.6 x 1.5 leaves a tenth of the memory for the allocator's slack.
+BUDGET_SHARE = 0.6
 # No cgroup limit (a host, a container without --memory): the budget is a share of the
 # machine's memory.
 _CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
@@ -74,6 +76,14 @@ def budget_from_memory(limit_bytes: int) -> int:
     one 256-image gRPC request's charge (so a tiny limit still serves something)."""
     floor = int(256 * 28 * 28 * 4 * GRPC_BYTES_PER_MESSAGE_BYTE)
     return max(floor, int((limit_bytes - RESERVE_BYTES) * BUDGET_SHARE))
+
+
+def grpc_max_message_bytes(budget_bytes: int, max_request_bytes: int, max_rpcs: int) -> int:
+    """The largest gRPC message: ``--max_request_bytes``, and with ``max_rpcs`` calls at
+    most at once, no more than ``budget / (2 x max_rpcs)`` (see ``BUDGET_SHARE``)."""
+    if not max_rpcs:
+        return max_request_bytes
+    return max(1024, min(max_request_bytes, budget_bytes // (2 * max_rpcs)))
 
 
 class Ticket:

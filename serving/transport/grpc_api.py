@@ -301,6 +301,7 @@ def build_server(
     max_request_bytes: int,
     timeout_s: float,
     max_concurrent_streams: int = 0,
+    max_concurrent_rpcs: int = 0,
     connection_options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Server:
     """An aio gRPC server with all services registered (ports are added by the caller);
@@ -313,7 +314,9 @@ def build_server(
     ]
     if max_concurrent_streams:
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
-    server = grpc.aio.server(options=options)
+    # Over max_concurrent_rpcs, grpc.aio answers RESOURCE_EXHAUSTED ("Concurrent RPC limit
+    # exceeded!") without reading the message.
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs or None)
     add_service(
         server,
         prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
