@@ -37,9 +37,9 @@ import pytest
 from contract.protos import predict_pb2, prediction_service_pb2_grpc
 from serving.client import predict_request
 from serving.model.admission import (
-    GRPC_BYTES_PER_MESSAGE_BYTE,
     REST_BYTES_PER_BODY_BYTE,
     budget_from_memory,
+    grpc_max_message_bytes,
 )
 from tests.test_containers import (  # noqa: F401 - fixtures: engine (autouse), models_dir
     LABEL,
@@ -59,6 +59,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
 IMAGE = SERVER_IMAGES["onnx"]
 MIB = 1 << 20
 MAX_REQUEST_BYTES = 64 * MIB  # --max_request_bytes' default
+GRPC_MAX_CONCURRENT_RPCS = 32  # --grpc_max_concurrent_rpcs' default
 FLOOD_S = 15.0
 SENDERS = 12  # per API: max-size requests in flight at once
 NEW_CLIENT_BOUND_S = 10.0
@@ -233,7 +234,7 @@ def test_squeezed_server_refuses_the_excess_and_is_never_oom_killed(
     budget = budget_from_memory(limit)
     rest_rows = _rows_within(min(MAX_REQUEST_BYTES, budget / REST_BYTES_PER_BODY_BYTE), _rest_body)
     grpc_rows = _rows_within(
-        min(MAX_REQUEST_BYTES, budget / GRPC_BYTES_PER_MESSAGE_BYTE), _grpc_message
+        grpc_max_message_bytes(budget, MAX_REQUEST_BYTES, GRPC_MAX_CONCURRENT_RPCS), _grpc_message
     )
     rest_body, grpc_message = _rest_body(rest_rows), _grpc_message(grpc_rows)
     container = _start(
