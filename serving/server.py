@@ -158,8 +158,8 @@ def derive_limits(settings: Settings) -> Limits:
         memory_bytes=memory,
         memory_source=source,
         descriptors=descriptors,
-        rest_connections=connection_cap(settings.rest_max_connections, descriptors),
-        grpc_connections=connection_cap(settings.grpc_max_connections, descriptors),
+        rest_connections=connection_cap(settings.rest_max_connections, descriptors, memory),
+        grpc_connections=connection_cap(settings.grpc_max_connections, descriptors, memory),
         grpc_max_message_bytes=grpc_max_message_bytes(
             budget, settings.max_request_bytes, settings.grpc_max_concurrent_rpcs
         ),

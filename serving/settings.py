@@ -327,7 +327,8 @@ class Settings(BaseModel):
         0,
         ge=0,
         description="open REST connections; a new one over the cap closes the longest-idle "
-        "(none idle: the new one). 0 = (RLIMIT_NOFILE - 128) / 2",
+        "(none idle: the new one). 0 = (RLIMIT_NOFILE - 128) / 2, at most as many as half of "
+        "a tenth of the memory limit pays for at 8 KiB each",
     )
     grpc_max_concurrent_rpcs: Annotated[int, Flag(ours=True)] = Field(
         32,
@@ -341,7 +342,7 @@ class Settings(BaseModel):
         0,
         ge=0,
         description="open gRPC connections (gRPC core closes new ones over the cap). "
-        "0 = (RLIMIT_NOFILE - 128) / 2",
+        "0 = as --rest_max_connections",
     )
     grpc_handshake_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
         5.0,

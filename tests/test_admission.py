@@ -85,6 +85,9 @@ def test_connection_caps_from_the_descriptor_limit():
     assert connection_cap(0, 1024) == (1024 - RESERVED_DESCRIPTORS) // 2
     assert connection_cap(0, 64) == 16
     assert connection_cap(300, 1024) == 300
+    # 2 GiB: a tenth pays for 26,214 connections at 8 KiB, half each port.
+    assert connection_cap(0, 1_048_576, 2 << 30) == 13107
+    assert connection_cap(0, 1024, 2 << 30) == (1024 - RESERVED_DESCRIPTORS) // 2
 
 
 def test_grpc_connection_options():

@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -110,11 +111,23 @@ def _state(container: Container) -> dict[str, Any]:
     return {**inspected["State"], "RestartCount": inspected["RestartCount"]}
 
 
-def _record(key: str, value: dict[str, Any]) -> None:
+def _commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "serving", "tests")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+
+
+def _record(key: str, value: dict[str, Any], row: dict[str, str]) -> None:
+    """``value`` (the figures) and ``row`` (docs/reliability.md's "Faults in the deployment"
+    columns) under ``key`` in ``RESULTS_FILE``, with the commit of the tree that ran."""
     if not os.environ.get("PROTECTIONS_RESULTS"):
         return
     data = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
-    data.setdefault("runs", {})[key] = value
+    data.setdefault("runs", {})[key] = {**value, "row": {**row, "commit": _commit()}}
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
@@ -265,7 +278,22 @@ def test_squeezed_server_refuses_the_excess_and_is_never_oom_killed(
             "restart_count": state["RestartCount"],
         }
         print(f"--memory {memory}: {json.dumps(figures)}")
-        _record(f"squeezed-{memory}", figures)
+        refused = sum(n for k, n in {**flood, **burst}.items() if not k.endswith(("OK", "200")))
+        _record(
+            f"squeezed-{memory}",
+            figures,
+            {
+                "fault": f"squeezed memory, --memory {memory}",
+                "injected": f"docker run --memory {memory} --memory-swap {memory} --cpus 1; "
+                f"{SENDERS} REST + {SENDERS} gRPC senders of the largest allowed requests for "
+                f"{FLOOD_S:g} s, then 64 concurrent 4,096-image gRPC requests",
+                "requests_failed": f"0 failed; {refused} refused by admission or the gRPC caps "
+                "(503 / UNAVAILABLE / RESOURCE_EXHAUSTED)",
+                "recovery_s": "0 (never down; a 1-image request on each API right after)",
+                "bound": f"OOMKilled false, RestartCount 0, peak {peak / MIB:.0f} MiB < "
+                f"{limit / MIB:.0f} MiB",
+            },
+        )
         assert state["OOMKilled"] is False and state["Running"] is True, docker(
             "logs", container.id, check=False
         )[-3000:]
@@ -477,7 +505,22 @@ def test_descriptor_flood_past_nofile_leaves_good_users_served(
             "recovered": list(recovered),
         }
         print(f"--ulimit nofile={nofile}: {json.dumps(figures)}")
-        _record("descriptor-flood", figures)
+        users = Counter(figures["grpc_user_flood"]) + Counter(figures["rest_user_flood"])
+        _record(
+            "descriptor-flood",
+            figures,
+            {
+                "fault": "hostile clients past the descriptor limit",
+                "injected": f"docker run --ulimit nofile={nofile}:{nofile} --cpus 1; "
+                f"{len(idle_rest)} idle REST, {len(idle_grpc)} idle gRPC and {len(slow)} "
+                "slowloris sockets while a gRPC and a REST user run",
+                "requests_failed": f"{users['errors']} of the connected users' {users['requests']}",
+                "recovery_s": f"new client's first answer REST {rest_first:.2f} s, gRPC "
+                f"{grpc_first:.2f} s during the flood; both APIs answer after it",
+                "bound": f"first answer <= {NEW_CLIENT_BOUND_S:g} s; descriptors {fds_flood} < "
+                f"{nofile}; no EMFILE",
+            },
+        )
         assert state["Running"] is True and state["RestartCount"] == 0
         assert fds_flood < nofile
         assert not figures["emfile_logged"]

@@ -10,6 +10,8 @@ code and message, then proof that the server still serves.
   request are shed, oldest first, and keep-alive clients keep being served;
 - gRPC: connections over --grpc_max_connections are closed, silent ones after
   --grpc_handshake_timeout_seconds, and a new client is answered within a bound;
+- gRPC clients that leave 600 calls unread (flow-control window 0) and one that cancels ~200
+  calls a second: good users' p99 within 2x of their baseline, descriptors and memory bounded;
 - a server under ``ulimit -n 256`` flooded with 400 idle connections per port keeps its
   descriptors below the limit, does not spin, answers new clients and recovers.
 """
@@ -20,8 +22,11 @@ import http.client
 import json
 import os
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -321,3 +326,138 @@ def test_flood_past_the_descriptor_limit_neither_locks_out_nor_spins(tmp_path, e
         assert "File descriptor limit reached" not in log
         time.sleep(0.5)
         serves(server)
+
+
+# ------------------------------------------------------------------ hostile gRPC clients
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    header = len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big")
+    return header + payload
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    # HPACK "literal header field without indexing, new name", no Huffman (names < 127 bytes).
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _unread_streams(port: int, streams: int, message: bytes) -> socket.socket:
+    """A raw HTTP/2 connection that sends ``streams`` Predict calls with a flow-control window
+    of 0: the server can never send the answers (a client that never reads)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    settings = (4).to_bytes(2, "big") + (0).to_bytes(4, "big")  # INITIAL_WINDOW_SIZE = 0
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings))
+    sock.sendall(_frame(4, 1, 0))  # ACK the server's SETTINGS
+    headers = b"".join(
+        _literal(name, value)
+        for name, value in (
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/tensorflow.serving.PredictionService/Predict"),
+            (b":authority", b"flood"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        )
+    )
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    for index in range(streams):
+        stream = 2 * index + 1
+        sock.sendall(_frame(1, 0x4, stream, headers) + _frame(0, 0x1, stream, body))
+    return sock
+
+
+def _p50_p99(latencies: list[float]) -> tuple[float, float]:
+    ordered = sorted(latencies)
+    return (
+        ordered[len(ordered) // 2] * 1000,
+        ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
+    )
+
+
+def _good_users(target: str, seconds: float, users: int = 2) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    request = predict_request("standard", _images(1))
+
+    def user() -> None:
+        nonlocal errors
+        with grpc.insecure_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            stub.Predict(request, timeout=10, wait_for_ready=True)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                started = time.monotonic()
+                try:
+                    stub.Predict(request, timeout=10)
+                    latencies.append(time.monotonic() - started)
+                except grpc.RpcError:
+                    errors += 1
+
+    with ThreadPoolExecutor(users) as pool:
+        list(pool.map(lambda _: user(), range(users)))
+    return latencies, errors
+
+
+def _cancelling_client(target: str, stop: threading.Event, counts: Counter[str]) -> None:
+    request = predict_request("standard", _images(64))
+    with grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        while not stop.is_set():
+            call = stub.Predict.future(request, timeout=10)
+            time.sleep(0.002)
+            counts["cancelled" if call.cancel() else "answered"] += 1
+            time.sleep(0.003)  # ~200 calls/s: the load generator shares the 2 cores
+
+
+def test_unread_streams_and_cancelling_clients_leave_good_users_within_2x(
+    tmp_path, exported_repository
+):
+    from tests.conftest import copy_repository
+
+    repo = copy_repository(exported_repository, tmp_path / "models")
+    with ServerProcess(repo / "models.config", log_path=tmp_path / "log") as server:
+        assert server.process is not None
+        pid = server.process.pid
+        baseline, errors = _good_users(server.grpc_target, 4.0)
+        assert errors == 0
+        fds_before, rss_before = _descriptors(pid), _rss(pid)
+        message = predict_request("standard", _images(16)).SerializeToString()
+        stop = threading.Event()
+        counts: Counter[str] = Counter()
+        canceller = threading.Thread(
+            target=_cancelling_client, args=(server.grpc_target, stop, counts)
+        )
+        with ExitStack() as attack:
+            # 4 connections x 150 calls: 100 open per connection (--grpc_max_concurrent_streams),
+            # the others refused by HTTP/2; none can be answered.
+            for _ in range(4):
+                attack.enter_context(_unread_streams(server.grpc_port, 150, message))
+            canceller.start()
+            attack.callback(canceller.join)
+            attack.callback(stop.set)
+            time.sleep(1.0)
+            during, errors_during = _good_users(server.grpc_target, 4.0)
+            fds_during, rss_during = _descriptors(pid), _rss(pid)
+        time.sleep(1.0)
+        after, _ = _good_users(server.grpc_target, 2.0)
+        base_p50, base_p99 = _p50_p99(baseline)
+        flood_p50, flood_p99 = _p50_p99(during)
+        print(
+            f"unread streams (4 x 150) and cancelling client ({dict(counts)}): good users p50 "
+            f"{base_p50:.2f} -> {flood_p50:.2f} ms, p99 {base_p99:.2f} -> {flood_p99:.2f} ms; "
+            f"descriptors {fds_before} -> {fds_during}; RSS {rss_before >> 20} -> "
+            f"{rss_during >> 20} MiB"
+        )
+        assert errors_during == 0 and after
+        assert counts["cancelled"] > 100
+        assert flood_p99 < 2 * base_p99 + 1.0  # + 1 ms: sub-millisecond baselines are noisy
+        assert fds_during < fds_before + 20
+        assert rss_during < rss_before + (200 << 20)
+        serves(server)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
