@@ -45,7 +45,7 @@ FLAGS = {
     "--rest_keepalive_timeout_seconds": 75.0,
     "--rest_body_timeout_seconds": 30.0,
     "--rest_max_connections": 0,
-    "--grpc_max_concurrent_rpcs": 32,
+    "--grpc_max_concurrent_rpcs": 0,
     "--grpc_max_connections": 0,
     "--grpc_handshake_timeout_seconds": 5.0,
     "--grpc_max_connection_idle_seconds": 300.0,

@@ -65,7 +65,9 @@ def server(tmp_path_factory, exported_repository) -> Iterator[ServerProcess]:
         repo / "models.config",
         [
             f"--max_inflight_request_bytes={BUDGET}",
-            "--grpc_max_concurrent_rpcs=0",  # no message cap from it: admission's refusals
+            # One call at a time: the gRPC message cap is budget / 2, so admission's refusals
+            # are what the calls below meet.
+            "--grpc_max_concurrent_rpcs=1",
             f"--rest_keepalive_timeout_seconds={KEEPALIVE_S}",
             f"--rest_body_timeout_seconds={BODY_TIMEOUT_S}",
             f"--rest_max_connections={REST_CAP}",
@@ -138,8 +140,8 @@ def raw_sockets(port: int, count: int) -> Iterator[list[socket.socket]]:
 
 
 def test_request_over_the_whole_budget_is_resource_exhausted_413(server):
-    outcome = grpc_predict(server.grpc_target, 2048)  # 6.4 MB x 3.5 > 4 MB
-    assert outcome.startswith("RESOURCE_EXHAUSTED: a 6422")
+    outcome = grpc_predict(server.grpc_target, 480)  # 1.5 MB x 3.5 > 4 MB
+    assert outcome.startswith("RESOURCE_EXHAUSTED: a 1505")
     assert "whole in-flight budget of 4000000 bytes (--max_inflight_request_bytes)" in outcome
     status, text = rest_predict(server, _rest_body(64))  # ~250 KB x 26 > 4 MB
     assert status == 413

@@ -44,10 +44,11 @@ GRPC_BYTES_PER_MESSAGE_BYTE = 3.5
 # buffers take the rest of this reserve (measured peaks: docs/reliability.md, "Squeezed").
 RESERVE_BYTES = 160 * 1024 * 1024
 # Of what remains, the share the budget takes. gRPC messages that gRPC core has read but
-# admission has not yet seen are held besides the budget: at most --grpc_max_concurrent_rpcs
-# of them, each at most budget / (2 x that), so half a budget (``grpc_max_message_bytes``);
-# 0.6 x 1.5 leaves a tenth of the memory for the allocator's slack.
-BUDGET_SHARE = 0.6
+# admission has not yet seen are held besides the budget: ``GRPC_MESSAGES_IN_CORE`` of them,
+# each at most budget / (2 x that), so half a budget (``grpc_max_message_bytes``). At 0.6 the
+# 2g container peaked at 1,976 MB of 2,048 MiB (64 concurrent 4,096-image gRPC requests, 12.8 MB
+# each: twice GRPC_MESSAGES_IN_CORE, under the cap); 0.5 x 1.5 leaves a quarter.
+BUDGET_SHARE = 0.5
 # No cgroup limit (a host, a container without --memory): the budget is a share of the
 # machine's memory.
 _CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
@@ -78,12 +79,20 @@ def budget_from_memory(limit_bytes: int) -> int:
     return max(floor, int((limit_bytes - RESERVE_BYTES) * BUDGET_SHARE))
 
 
+# Largest-size gRPC messages that gRPC core may hold at once before admission sees them: the
+# largest message is capped so that this many fit in half a budget. --grpc_max_concurrent_rpcs
+# makes it a hard bound; unset (the default), it is what was measured: 12 senders of the largest
+# messages and 64 concurrent ones stayed within it under --memory 256m / 512m / 2g. grpc.aio's
+# limit is not the default because it counts calls whose answer waits for the client's
+# flow-control window: 32 calls a client never reads locked every other client out.
+GRPC_MESSAGES_IN_CORE = 32
+
+
 def grpc_max_message_bytes(budget_bytes: int, max_request_bytes: int, max_rpcs: int) -> int:
-    """The largest gRPC message: ``--max_request_bytes``, and with ``max_rpcs`` calls at
-    most at once, no more than ``budget / (2 x max_rpcs)`` (see ``BUDGET_SHARE``)."""
-    if not max_rpcs:
-        return max_request_bytes
-    return max(1024, min(max_request_bytes, budget_bytes // (2 * max_rpcs)))
+    """The largest gRPC message: ``--max_request_bytes``, and no more than
+    ``budget / (2 x N)``, N = ``max_rpcs`` or ``GRPC_MESSAGES_IN_CORE`` (``BUDGET_SHARE``)."""
+    messages = max_rpcs or GRPC_MESSAGES_IN_CORE
+    return max(1024, min(max_request_bytes, budget_bytes // (2 * messages)))
 
 
 class Ticket:
