@@ -48,7 +48,7 @@ from tests.test_containers import (  # noqa: F401 - fixtures: engine (autouse), 
     SERVER_IMAGES,
     Container,
     _build,
-    _run_server,
+    _published,
     _wait_healthy,
     docker,
     engine,
@@ -57,7 +57,10 @@ from tests.test_containers import (  # noqa: F401 - fixtures: engine (autouse), 
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
 
-IMAGE = SERVER_IMAGES["onnx"]
+# Its own tag and label: a container tier running at the same time on the same engine (another
+# checkout) neither replaces the image under test nor removes these containers as leftovers.
+IMAGE = SERVER_IMAGES["onnx"] + "-limits"
+LIMITS_LABEL = LABEL + ".limits"
 MIB = 1 << 20
 MAX_REQUEST_BYTES = 64 * MIB  # --max_request_bytes' default
 GRPC_MAX_CONCURRENT_RPCS = 0  # --grpc_max_concurrent_rpcs' default
@@ -71,30 +74,46 @@ RESULTS_FILE = ROOT / "results" / "containers" / "faults-2026-12-06-protections.
 @pytest.fixture(scope="module")
 def image(engine) -> str:  # noqa: F811 - the imported fixture
     """The ONNX image built from this tree (BuildKit reuses every layer but the project's)."""
+    stale = docker("ps", "-aq", "--filter", f"label={LIMITS_LABEL}").split()
+    if stale:
+        docker("rm", "-f", *stale)
     _build("onnx", IMAGE)
     return IMAGE
 
 
 def _start(image: str, models: Path, run_args: list[str], flags: Sequence[str] = ()) -> Container:
-    container = _run_server(
-        [
-            "--read-only",
-            "--tmpfs",
-            "/tmp",
-            "--volume",
-            f"{models}:/models:ro",
-            "--volume",
-            f"{ROOT / 'deploy' / 'models.config'}:/etc/mnist-serving/models.config:ro",
-            *run_args,
-        ],
+    """The server as compose runs it (read-only root and models), ports published on loopback,
+    healthy."""
+    started = time.monotonic()
+    container_id = docker(
+        "run",
+        "--detach",
+        "--label",
+        LIMITS_LABEL,
+        "--publish",
+        "127.0.0.1::8500",
+        "--publish",
+        "127.0.0.1::8501",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--volume",
+        f"{models}:/models:ro",
+        "--volume",
+        f"{ROOT / 'deploy' / 'models.config'}:/etc/mnist-serving/models.config:ro",
+        *run_args,
         image,
-        [
-            "--runtime=onnx",
-            "--port=8500",
-            "--rest_api_port=8501",
-            "--model_config_file=/etc/mnist-serving/models.config",
-            *flags,
-        ],
+        "--runtime=onnx",
+        "--port=8500",
+        "--rest_api_port=8501",
+        "--model_config_file=/etc/mnist-serving/models.config",
+        *flags,
+    )
+    container = Container(
+        container_id,
+        _published(container_id, 8500),
+        f"http://{_published(container_id, 8501)}",
+        started,
     )
     _wait_healthy(container)
     return container
