@@ -301,7 +301,7 @@ class Settings(BaseModel):
         ge=0,
         description="memory requests in flight may hold, charged before decoding (REST 26 x "
         "the body, gRPC 3.5 x the message, measured); over it requests get UNAVAILABLE / 503. "
-        "0 = (the cgroup memory limit read at start, else physical memory, - 160 MiB) x 0.5 "
+        "0 = (the cgroup memory limit read at start, else physical memory, - 160 MiB) x 0.4 "
         "(docs/reliability.md, Squeezed)",
     )
     max_rows_per_run: Annotated[int, Flag(ours=True)] = Field(
@@ -337,7 +337,7 @@ class Settings(BaseModel):
         "refused with RESOURCE_EXHAUSTED before their message is read (a hard bound on what "
         "gRPC core holds before admission; but calls whose answers a client never reads count "
         "too). The largest gRPC message is capped at --max_inflight_request_bytes / (2 x this, "
-        "or 32 when 0). 0 = unlimited",
+        "or 64 when 0). 0 = unlimited",
     )
     grpc_max_connections: Annotated[int, Flag(ours=True)] = Field(
         0,

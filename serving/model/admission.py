@@ -45,10 +45,11 @@ GRPC_BYTES_PER_MESSAGE_BYTE = 3.5
 RESERVE_BYTES = 160 * 1024 * 1024
 # Of what remains, the share the budget takes. gRPC messages that gRPC core has read but
 # admission has not yet seen are held besides the budget: ``GRPC_MESSAGES_IN_CORE`` of them,
-# each at most budget / (2 x that), so half a budget (``grpc_max_message_bytes``). At 0.6 the
-# 2g container peaked at 1,976 MB of 2,048 MiB (64 concurrent 4,096-image gRPC requests, 12.8 MB
-# each: twice GRPC_MESSAGES_IN_CORE, under the cap); 0.5 x 1.5 leaves a quarter.
-BUDGET_SHARE = 0.5
+# each at most budget / (2 x that), take half a budget (``grpc_max_message_bytes``), so 0.4 x 1.5
+# leaves 40 % of the memory above the reserve for the allocator's slack. Measured under
+# --memory 2g: at 0.6 with 32 messages the peak was 1,820-1,976 MB, at 0.5 one run was
+# OOM-killed by 64 concurrent 12.8 MB messages (docs/reliability.md, Squeezed).
+BUDGET_SHARE = 0.4
 # No cgroup limit (a host, a container without --memory): the budget is a share of the
 # machine's memory.
 _CGROUP_V2 = Path("/sys/fs/cgroup/memory.max")
@@ -81,11 +82,11 @@ def budget_from_memory(limit_bytes: int) -> int:
 
 # Largest-size gRPC messages that gRPC core may hold at once before admission sees them: the
 # largest message is capped so that this many fit in half a budget. --grpc_max_concurrent_rpcs
-# makes it a hard bound; unset (the default), it is what was measured: 12 senders of the largest
-# messages and 64 concurrent ones stayed within it under --memory 256m / 512m / 2g. grpc.aio's
-# limit is not the default because it counts calls whose answer waits for the client's
-# flow-control window: 32 calls a client never reads locked every other client out.
-GRPC_MESSAGES_IN_CORE = 32
+# makes it a hard bound; unset (the default), it is an assumption the container tests check (64
+# concurrent requests). grpc.aio's limit is not on by default because it counts calls whose
+# answer waits for the client's flow-control window: 32 calls a client never read locked every
+# other gRPC client out.
+GRPC_MESSAGES_IN_CORE = 64
 
 
 def grpc_max_message_bytes(budget_bytes: int, max_request_bytes: int, max_rpcs: int) -> int:
