@@ -6,6 +6,7 @@ The refusals through real servers: tests/test_protections.py."""
 from __future__ import annotations
 
 import grpc
+import numpy as np
 import pytest
 
 from serving.errors import ServingError, status_of
@@ -14,8 +15,10 @@ from serving.model.admission import (
     RESERVE_BYTES,
     Admission,
     budget_from_memory,
+    grpc_max_message_bytes,
     memory_limit_bytes,
 )
+from serving.model.runs import predict_in_runs
 from serving.settings import SettingsError, parse_settings
 from serving.transport.connections import RESERVED_DESCRIPTORS, connection_cap
 from serving.transport.grpc_api import connection_options
@@ -81,6 +84,32 @@ def test_budget_from_memory():
     assert budget_from_memory(64 << 20) == int(256 * 28 * 28 * 4 * 3.5)
 
 
+def test_grpc_message_cap_from_the_budget():
+    assert grpc_max_message_bytes(128_000_000, 64 << 20, 0) == 1_000_000  # 64 in core
+    assert grpc_max_message_bytes(128_000_000, 64 << 20, 16) == 4_000_000
+    assert grpc_max_message_bytes(10 << 30, 64 << 20, 0) == 64 << 20  # --max_request_bytes
+
+
+def test_large_requests_run_in_parts_with_the_same_outputs():
+    class Doubling:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def predict(self, name, inputs, output_names=None):
+            self.calls.append(len(inputs["x"]))
+            return {"y": inputs["x"] * 2, "n": inputs["x"].sum(axis=1)}
+
+    x = np.arange(200 * 3, dtype=np.float32).reshape(200, 3)
+    runtime = Doubling()
+    outputs = predict_in_runs(runtime, "s", {"x": x}, 200, 64)  # type: ignore[arg-type]
+    assert runtime.calls == [64, 64, 64, 8]
+    np.testing.assert_array_equal(outputs["y"], x * 2)
+    np.testing.assert_array_equal(outputs["n"], x.sum(axis=1))
+    runtime.calls.clear()
+    predict_in_runs(runtime, "s", {"x": x}, 200, 0)  # type: ignore[arg-type]
+    assert runtime.calls == [200]
+
+
 def test_connection_caps_from_the_descriptor_limit():
     assert connection_cap(0, 1024) == (1024 - RESERVED_DESCRIPTORS) // 2
     assert connection_cap(0, 64) == 16
@@ -136,8 +165,11 @@ def test_the_protection_flags_parse(tmp_path):
             "--grpc_max_connection_age_seconds=600",
             "--grpc_max_connection_age_grace_seconds=15",
             "--grpc_max_concurrent_streams=10",
+            "--grpc_max_concurrent_rpcs=16",
+            "--max_rows_per_run=128",
         ]
     )
+    assert (settings.grpc_max_concurrent_rpcs, settings.max_rows_per_run) == (16, 128)
     assert settings.max_inflight_request_bytes == 123456789
     assert (settings.rest_keepalive_timeout_seconds, settings.rest_body_timeout_seconds) == (
         5.5,
@@ -165,6 +197,8 @@ def test_the_protection_flags_parse(tmp_path):
         "--grpc_max_connection_idle_seconds=-1",
         "--grpc_max_connection_age_seconds=-1",
         "--grpc_max_connection_age_grace_seconds=-1",
+        "--grpc_max_concurrent_rpcs=-1",
+        "--max_rows_per_run=-1",
     ],
 )
 def test_bad_protection_values_name_their_flag(tmp_path, argv):
