@@ -10,7 +10,7 @@ code and message, then proof that the server still serves.
   request are shed, oldest first, and keep-alive clients keep being served;
 - gRPC: connections over --grpc_max_connections are closed, silent ones after
   --grpc_handshake_timeout_seconds, and a new client is answered within a bound;
-- gRPC clients that leave 600 calls unread (flow-control window 0) and one that cancels ~40
+- gRPC clients that leave 6 x 100 calls unread (flow-control window 0) and one that cancels ~40
   calls a second: good users' p99 within 2x of their baseline, descriptors and memory bounded;
 - a server under ``ulimit -n 256`` flooded with 400 idle connections per port keeps its
   descriptors below the limit, does not spin, answers new clients and recovers.
@@ -362,9 +362,12 @@ def _unread_streams(port: int, streams: int, message: bytes) -> socket.socket:
         )
     )
     body = b"\x00" + len(message).to_bytes(4, "big") + message
-    for index in range(streams):
-        stream = 2 * index + 1
-        sock.sendall(_frame(1, 0x4, stream, headers) + _frame(0, 0x1, stream, body))
+    try:
+        for index in range(streams):
+            stream = 2 * index + 1
+            sock.sendall(_frame(1, 0x4, stream, headers) + _frame(0, 0x1, stream, body))
+    except OSError:
+        pass  # the server closed it: a protection, not a failure (the good users are checked)
     return sock
 
 
@@ -432,11 +435,10 @@ def test_unread_streams_and_cancelling_clients_leave_good_users_within_2x(
             target=_cancelling_client, args=(server.grpc_target, stop, counts)
         )
         with ExitStack() as attack:
-            # 4 connections x 150 calls: 100 open per connection (--grpc_max_concurrent_streams),
-            # the others refused by HTTP/2; none can be answered.
-            for _ in range(4):
-                attack.enter_context(_unread_streams(server.grpc_port, 150, message))
-            # The calls that were read run once (600 x 16 images, a second or two of CPU);
+            # 6 connections x 100 calls (--grpc_max_concurrent_streams), none can be answered.
+            for _ in range(6):
+                attack.enter_context(_unread_streams(server.grpc_port, 100, message))
+            # The calls run once (600 x 16 images, a second or two of CPU);
             # what is measured is the steady state with the calls held and the cancellations.
             time.sleep(3.0)
             canceller.start()
@@ -450,7 +452,7 @@ def test_unread_streams_and_cancelling_clients_leave_good_users_within_2x(
         base_p50, base_p99 = _p50_p99(baseline)
         flood_p50, flood_p99 = _p50_p99(during)
         print(
-            f"unread streams (4 x 150) and cancelling client ({dict(counts)}): good users p50 "
+            f"unread streams (6 x 100) and cancelling client ({dict(counts)}): good users p50 "
             f"{base_p50:.2f} -> {flood_p50:.2f} ms, p99 {base_p99:.2f} -> {flood_p99:.2f} ms; "
             f"descriptors {fds_before} -> {fds_during}; RSS {rss_before >> 20} -> "
             f"{rss_during >> 20} MiB"
