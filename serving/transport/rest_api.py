@@ -146,8 +146,11 @@ class RestApi:
             with self._service.admit(declared, REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
                 raw = await self._read_body(request, declared)
                 return await self._decode_and_predict(raw, match, verb, ticket)
-        # Chunked: the size is known once read; up to --max_request_bytes is held meanwhile.
-        with self._service.admit(self._max_bytes, 1.0, "rest"):
+        # Chunked (rare: TF Serving's and Locust's clients send a Content-Length): the size is
+        # known once read. Up to --max_request_bytes may arrive; a quarter of the budget at most
+        # is charged meanwhile, so that small containers still take chunked bodies at all.
+        reading = min(self._max_bytes, self._service.admission.budget_bytes // 4)
+        with self._service.admit(reading, 1.0, "rest"):
             raw = await self._read_body(request, None)
         with self._service.admit(len(raw), REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
             return await self._decode_and_predict(raw, match, verb, ticket)
