@@ -88,6 +88,39 @@ MODEL_VERSIONS = Gauge(
     multiprocess_mode="max",
 )
 
+ADMISSION_INFLIGHT_BYTES = Gauge(
+    "serving_admission_inflight_bytes",
+    "Memory charged to requests in flight (serving/model/admission.py), in bytes.",
+    multiprocess_mode="livesum",
+)
+ADMISSION_REFUSED = Counter(
+    "serving_admission_refused_total",
+    "Requests refused by admission: busy (over the in-flight budget, UNAVAILABLE / 503) or "
+    "too_large (over the whole budget, RESOURCE_EXHAUSTED / 413).",
+    ["api", "reason"],
+)
+CONNECTIONS_CLOSED = Counter(
+    "serving_rest_connections_closed_total",
+    "REST connections the server closed to protect itself: shed (the connection cap reached, "
+    "the longest-idle closed) or refused (the cap reached, none idle).",
+    ["reason"],
+)
+
+
+def set_inflight_bytes(value: int) -> None:
+    """The admission budget's charged bytes (a gauge; refusals are rare, sets cheap)."""
+    ADMISSION_INFLIGHT_BYTES.set(value)
+
+
+def count_admission_refusal(api: str, reason: str) -> None:
+    """One request refused by admission."""
+    ADMISSION_REFUSED.labels(api, reason).inc()
+
+
+def count_connection_closed(reason: str) -> None:
+    """One REST connection closed by the connection cap."""
+    CONNECTIONS_CLOSED.labels(reason).inc()
+
 
 class _DeferredHistogram:
     """A Histogram child's observations gathered in plain counters (a bisect and two list

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from aiohttp import web
 
 from serving import metrics
 from serving.errors import ServingError
+from serving.model.admission import (
+    Admission,
+    budget_from_memory,
+    grpc_max_message_bytes,
+    memory_limit_bytes,
+)
 from serving.model.config import ConfigError, ModelConfig, load_config_file
 from serving.model.manager import ModelManager
 from serving.model.service import PredictionService, validate_inputs
@@ -28,7 +35,8 @@ from serving.model.warmup import read_prediction_logs
 from serving.paths import default_roots
 from serving.runtimes import Runtime, RuntimeOptions, load_runtime
 from serving.settings import Settings, TlsSettings
-from serving.transport.grpc_api import Health, build_server
+from serving.transport.connections import connection_cap, raise_descriptor_limit
+from serving.transport.grpc_api import Health, build_server, connection_options
 from serving.transport.rest_api import RestApi, start_rest
 from serving.transport.tensor_codec import to_numpy
 
@@ -124,6 +132,40 @@ def grpc_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
     )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The protections' values derived at start-up from the flags and what the process has
+    (its memory limit, its descriptor limit): logged once, used by both transports."""
+
+    inflight_bytes: int
+    memory_bytes: int
+    memory_source: str
+    descriptors: int
+    rest_connections: int
+    grpc_connections: int
+    grpc_max_message_bytes: int
+
+
+def derive_limits(settings: Settings) -> Limits:
+    """``--max_inflight_request_bytes``, ``--rest_max_connections`` and
+    ``--grpc_max_connections``, or their defaults from the cgroup memory limit and
+    ``RLIMIT_NOFILE`` (raised to its hard limit first)."""
+    memory, source = memory_limit_bytes()
+    descriptors = raise_descriptor_limit()
+    budget = settings.max_inflight_request_bytes or budget_from_memory(memory)
+    return Limits(
+        inflight_bytes=budget,
+        memory_bytes=memory,
+        memory_source=source,
+        descriptors=descriptors,
+        rest_connections=connection_cap(settings.rest_max_connections, descriptors, memory),
+        grpc_connections=connection_cap(settings.grpc_max_connections, descriptors, memory),
+        grpc_max_message_bytes=grpc_max_message_bytes(
+            budget, settings.max_request_bytes, settings.grpc_max_concurrent_rpcs
+        ),
+    )
+
+
 class Server:
     """One server process: gRPC + REST on one event loop, models, batching, polling."""
 
@@ -148,6 +190,7 @@ class Server:
             return warm_up(version, path, settings.max_request_bytes)
 
         self.manager = ModelManager(load, warmup=warmup if settings.enable_model_warmup else None)
+        self.limits = derive_limits(settings)
         self.service = PredictionService(
             self.manager,
             self._executor,
@@ -156,6 +199,8 @@ class Server:
             inline_max_rows=settings.inline_max_rows
             if settings.inline_max_rows >= 0
             else INLINE_MAX_ROWS.get(settings.runtime, 0),
+            admission=Admission(self.limits.inflight_bytes),
+            max_rows_per_run=settings.max_rows_per_run,
         )
         self.health = Health()
         self._background: set[asyncio.Task[None]] = set()
@@ -313,9 +358,17 @@ class Server:
         grpc_server = build_server(
             self.service,
             self.health,
-            max_request_bytes=settings.max_request_bytes,
+            max_request_bytes=self.limits.grpc_max_message_bytes,
             timeout_s=settings.request_timeout_seconds,
             max_concurrent_streams=settings.grpc_max_concurrent_streams,
+            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            connection_options=connection_options(
+                max_connections=self.limits.grpc_connections,
+                handshake_timeout_s=settings.grpc_handshake_timeout_seconds,
+                max_idle_s=settings.grpc_max_connection_idle_seconds,
+                max_age_s=settings.grpc_max_connection_age_seconds,
+                max_age_grace_s=settings.grpc_max_connection_age_grace_seconds,
+            ),
         )
         address = f"{settings.host}:{settings.port}"
         if settings.tls is not None:
@@ -330,10 +383,20 @@ class Server:
         if settings.rest_api_port:
             context = rest_ssl_context(settings.tls) if settings.tls else None
             api = RestApi(
-                self.service, settings.max_request_bytes, settings.request_timeout_seconds
+                self.service,
+                settings.max_request_bytes,
+                settings.request_timeout_seconds,
+                settings.rest_body_timeout_seconds,
             )
             try:
-                rest_runner = await start_rest(api, settings.host, settings.rest_api_port, context)
+                rest_runner = await start_rest(
+                    api,
+                    settings.host,
+                    settings.rest_api_port,
+                    context,
+                    keepalive_timeout_s=settings.rest_keepalive_timeout_seconds,
+                    max_connections=self.limits.rest_connections,
+                )
             except OSError as exc:
                 await grpc_server.stop(0)
                 raise StartupError(
@@ -344,6 +407,18 @@ class Server:
             "listening: gRPC %s, REST %s",
             address,
             f"{settings.host}:{settings.rest_api_port}" if rest_runner else "off",
+        )
+        limits = self.limits
+        log.info(
+            "limits: %d MiB of requests in flight (memory %d MiB from %s), gRPC messages up "
+            "to %d KiB; connections REST %d, gRPC %d (RLIMIT_NOFILE %d)",
+            limits.inflight_bytes >> 20,
+            limits.memory_bytes >> 20,
+            limits.memory_source,
+            limits.grpc_max_message_bytes >> 10,
+            limits.rest_connections,
+            limits.grpc_connections,
+            limits.descriptors,
         )
         return grpc_server, rest_runner
 

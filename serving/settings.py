@@ -265,7 +265,10 @@ class Settings(BaseModel):
         "tensorflow 1, torch 0)",
     )
     grpc_max_concurrent_streams: Annotated[int, Flag(ours=True)] = Field(
-        0, ge=0, description="HTTP/2 streams per gRPC connection; 0 = gRPC default"
+        100,
+        ge=0,
+        description="HTTP/2 streams per gRPC connection (calls beyond wait in the client); "
+        "0 = gRPC core's default (unlimited)",
     )
     enable_model_warmup: Annotated[bool, Flag()] = Field(
         True, description="replay the version's assets.extra/tf_serving_warmup_requests"
@@ -298,6 +301,73 @@ class Settings(BaseModel):
         64 * 1024 * 1024,
         ge=1024,
         description="largest request accepted, gRPC message or REST body",
+    )
+    max_inflight_request_bytes: Annotated[int, Flag(ours=True)] = Field(
+        0,
+        ge=0,
+        description="memory requests in flight may hold, charged before decoding (REST 26 x "
+        "the body, gRPC 3.5 x the message, measured); over it requests get UNAVAILABLE / 503. "
+        "0 = (the cgroup memory limit read at start, else physical memory, - 160 MiB) x 0.4 "
+        "(docs/reliability.md, Squeezed)",
+    )
+    max_rows_per_run: Annotated[int, Flag(ours=True)] = Field(
+        64,
+        ge=0,
+        description="larger requests (and batches) go through the runtime this many rows at a "
+        "time, which bounds inference memory (one 4,096-image call left ONNX Runtime's arena "
+        "1.4 GB larger, 64-row runs 22 MB, same speed per row); 0 = one call",
+    )
+    rest_keepalive_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
+        75.0,
+        gt=0,
+        description="close a REST connection that has not completed a request's headers for "
+        "this long: idle keep-alive and slow-header (slowloris) connections alike",
+    )
+    rest_body_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
+        30.0,
+        gt=0,
+        description="time a REST client gets to send a request body; then "
+        "DEADLINE_EXCEEDED / 504 and the connection is closed",
+    )
+    rest_max_connections: Annotated[int, Flag(ours=True)] = Field(
+        0,
+        ge=0,
+        description="open REST connections; a new one over the cap closes the longest-idle "
+        "(none idle: the new one). 0 = (RLIMIT_NOFILE - 128) / 2, at most as many as half of "
+        "a tenth of the memory limit pays for at 8 KiB each",
+    )
+    grpc_max_concurrent_rpcs: Annotated[int, Flag(ours=True)] = Field(
+        0,
+        ge=0,
+        description="gRPC calls in progress at once, all connections together; more are "
+        "refused with RESOURCE_EXHAUSTED before their message is read (a hard bound on what "
+        "gRPC core holds before admission; but calls whose answers a client never reads count "
+        "too). The largest gRPC message is capped at --max_inflight_request_bytes / (2 x this, "
+        "or 64 when 0). 0 = unlimited",
+    )
+    grpc_max_connections: Annotated[int, Flag(ours=True)] = Field(
+        0,
+        ge=0,
+        description="open gRPC connections (gRPC core closes new ones over the cap). "
+        "0 = as --rest_max_connections",
+    )
+    grpc_handshake_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
+        5.0,
+        gt=0,
+        description="close a gRPC connection that has not finished its TLS / HTTP/2 handshake "
+        "(gRPC core's default: 120)",
+    )
+    grpc_max_connection_idle_seconds: Annotated[float, Flag(ours=True)] = Field(
+        300.0, ge=0, description="GOAWAY a gRPC connection without calls for this long; 0 = never"
+    )
+    grpc_max_connection_age_seconds: Annotated[float, Flag(ours=True)] = Field(
+        0.0,
+        ge=0,
+        description="GOAWAY a gRPC connection this old (clients reconnect, load spreads "
+        "again); 0 = never",
+    )
+    grpc_max_connection_age_grace_seconds: Annotated[float, Flag(ours=True)] = Field(
+        30.0, ge=0, description="calls still running at the connection's age get this long"
     )
     request_timeout_seconds: Annotated[float, Flag(ours=True)] = Field(
         30.0, gt=0, description="deadline for a request without a client deadline"

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from contract.protos import predict_pb2, prediction_service_pb2_grpc
 from serving import errors
 from serving.errors import MAX_MESSAGE_CHARS, ServingError, http_status, status_of
+from serving.model.admission import Admission, Ticket
 from serving.model.service import ModelRef
 from serving.runtimes import Signature, TensorSpec
 from serving.transport.grpc_api import Health, build_server
@@ -148,6 +149,10 @@ class RaisingService:
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+        self.admission = Admission(1 << 30)
+
+    def admit(self, body_bytes: int, bytes_per_byte: float, api: str) -> Ticket:
+        return self.admission.admit(body_bytes, bytes_per_byte, api)
 
     def input_signature(self, ref: ModelRef) -> Signature:
         return SIGNATURE

@@ -29,9 +29,11 @@ from serving.errors import (
     unimplemented,
 )
 from serving.metrics import PhaseTimes
+from serving.model.admission import Admission, Ticket, budget_from_memory, memory_limit_bytes
 from serving.model.batching import Batcher
 from serving.model.config import ModelConfig
 from serving.model.manager import ModelManager
+from serving.model.runs import predict_in_runs
 from serving.model.versions import ServableVersion
 from serving.runtimes import Runtime, Signature
 from serving.settings import BatchingSettings
@@ -80,8 +82,14 @@ class PredictionService:
         batching: BatchingSettings | None = None,
         batch_executor: Executor | None = None,
         inline_max_rows: int = 0,
+        admission: Admission | None = None,
+        max_rows_per_run: int = 0,
     ) -> None:
         self._manager = manager
+        # No budget given (tests, tools): the default of --max_inflight_request_bytes.
+        self.admission = admission or Admission(budget_from_memory(memory_limit_bytes()[0]))
+        # Larger requests run through the runtime in parts (serving/model/runs.py).
+        self.max_rows_per_run = max_rows_per_run
         self._executor = executor
         self._batching = batching
         self._batch_executor = batch_executor or executor
@@ -104,6 +112,11 @@ class PredictionService:
         return signatures[key]
 
     # ---- the facade the transports call ------------------------------------------------
+    def admit(self, body_bytes: int, bytes_per_byte: float, api: str) -> Ticket:
+        """Charge a request's memory to the in-flight budget before it is decoded, or refuse
+        it (serving/model/admission.py); the transport releases the ticket once answered."""
+        return self.admission.admit(body_bytes, bytes_per_byte, api)
+
     def input_signature(self, ref: ModelRef) -> Signature:
         """The signature a request for ``ref`` will run (REST decodes JSON against it)."""
         servable = self._manager.resolve(ref.name, ref.version, ref.label)
@@ -234,8 +247,8 @@ class PredictionService:
             model_label, version_label, api, code, time.perf_counter() - started
         )
 
-    @staticmethod
     def _timed_predict(
+        self,
         runtime: Runtime,
         signature: Signature,
         inputs: Mapping[str, np.ndarray],
@@ -246,7 +259,7 @@ class PredictionService:
         # without the thread hop.
         start = time.perf_counter()
         try:
-            outputs = runtime.predict(signature.name, inputs)
+            outputs = predict_in_runs(runtime, signature.name, inputs, rows, self.max_rows_per_run)
         except ServingError:
             raise
         except Exception as exc:
@@ -278,9 +291,11 @@ class PredictionService:
                 )
             batcher = servable.batchers.get(signature.name)
             if batcher is None:
+                max_rows = self.max_rows_per_run
 
                 def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-                    return runtime.predict(signature.name, batch)
+                    rows = len(next(iter(batch.values())))
+                    return predict_in_runs(runtime, signature.name, batch, rows, max_rows)
 
                 batcher = Batcher(
                     run,

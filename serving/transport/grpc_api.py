@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +36,7 @@ from contract.protos import (
 from serving import metrics
 from serving.errors import invalid_argument, status_of
 from serving.metrics import PhaseTimes
+from serving.model.admission import GRPC_BYTES_PER_MESSAGE_BYTE
 from serving.model.config import ConfigError, from_proto
 from serving.model.service import ModelRef, PredictionService
 from serving.transport.model_protos import signature_def_map, version_statuses
@@ -80,6 +81,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._timeout_s = timeout_s
 
     async def Predict(  # noqa: N802 - gRPC method name
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        # The message arrived whole (gRPC core read it): charged at its measured expansion
+        # before its tensors are converted, returned once the answer is built.
+        with self._service.admit(request.ByteSize(), GRPC_BYTES_PER_MESSAGE_BYTE, "grpc"):
+            return await self._predict(request, context)
+
+    async def _predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         started = time.perf_counter()
@@ -263,6 +272,28 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
     )
 
 
+def connection_options(
+    *,
+    max_connections: int,
+    handshake_timeout_s: float,
+    max_idle_s: float,
+    max_age_s: float,
+    max_age_grace_s: float,
+) -> list[tuple[str, int]]:
+    """gRPC core's channel arguments for the connection limits (``--grpc_max_connections``,
+    ``--grpc_handshake_timeout_seconds``, ``--grpc_max_connection_idle_seconds``,
+    ``--grpc_max_connection_age_seconds`` and its grace); 0 leaves core's default (none)."""
+    options = [("grpc.server_handshake_timeout_ms", int(handshake_timeout_s * 1000))]
+    if max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", max_connections))
+    if max_idle_s:
+        options.append(("grpc.max_connection_idle_ms", int(max_idle_s * 1000)))
+    if max_age_s:
+        options.append(("grpc.max_connection_age_ms", int(max_age_s * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(max_age_grace_s * 1000)))
+    return options
+
+
 def build_server(
     service: PredictionService,
     health_status: Health,
@@ -270,16 +301,22 @@ def build_server(
     max_request_bytes: int,
     timeout_s: float,
     max_concurrent_streams: int = 0,
+    max_concurrent_rpcs: int = 0,
+    connection_options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Server:
-    """An aio gRPC server with all services registered (ports are added by the caller)."""
+    """An aio gRPC server with all services registered (ports are added by the caller);
+    ``connection_options``: the channel arguments ``connection_options()`` returns."""
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_request_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1),  # --workers: several processes share the port
+        *connection_options,
     ]
     if max_concurrent_streams:
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
-    server = grpc.aio.server(options=options)
+    # Over max_concurrent_rpcs, grpc.aio answers RESOURCE_EXHAUSTED ("Concurrent RPC limit
+    # exceeded!") without reading the message.
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs or None)
     add_service(
         server,
         prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],

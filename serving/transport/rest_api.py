@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
@@ -22,6 +23,7 @@ from google.protobuf import json_format
 from contract.protos import get_model_status_pb2
 from serving import metrics
 from serving.errors import (
+    ServingError,
     http_status,
     invalid_argument,
     not_found,
@@ -29,7 +31,9 @@ from serving.errors import (
     status_of,
 )
 from serving.metrics import PhaseTimes
+from serving.model.admission import REST_BYTES_PER_BODY_BYTE, Ticket
 from serving.model.service import ModelRef, PredictionService
+from serving.transport.connections import RestConnectionCap
 from serving.transport.model_protos import signature_def_map, version_statuses
 from serving.transport.rest_json import (
     PredictBody,
@@ -77,12 +81,17 @@ class RestApi:
     """Request handlers; ``app()`` builds the aiohttp application."""
 
     def __init__(
-        self, service: PredictionService, max_request_bytes: int, timeout_s: float
+        self,
+        service: PredictionService,
+        max_request_bytes: int,
+        timeout_s: float,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self._service = service
         self._codec = ThreadPoolExecutor(2, thread_name_prefix="json")
         self._max_bytes = max_request_bytes
         self._timeout_s = timeout_s
+        self._body_timeout_s = body_timeout_s
         self._decoding = 0  # :predict bodies being decoded (on the loop or a codec thread)
 
     def app(self) -> web.Application:
@@ -128,11 +137,34 @@ class RestApi:
         return ModelRef(name, _version_number(version) if version else None, label, signature_name)
 
     async def _predict(self, request: web.Request, match: re.Match[str]) -> web.Response:
-        """``:predict`` in four steps: read the body, decode it against the signature, run the
-        model, encode the answer; the decode and encode times go to the phase metrics."""
-        raw = await self._read_body(request)
+        """``:predict``: the body's bytes admitted (before it is read when its length is
+        declared), then read, decoded, run and encoded (``_answer``)."""
+        declared = request.content_length
+        if declared is not None and declared > self._max_bytes:
+            # Refuse before reading: the body never enters memory.
+            raise request_too_large(self._max_bytes)
+        if declared is not None:
+            # Charged before the body is read, at the measured worst case (lowered once
+            # decoded): a refused body is never read into memory.
+            with self._service.admit(declared, REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
+                raw = await self._read_body(request, declared)
+                return await self._answer(raw, match, ticket)
+        # Chunked (rare: TF Serving's and Locust's clients send a Content-Length): the size is
+        # known once read. Up to --max_request_bytes may arrive; a quarter of the budget at most
+        # is charged meanwhile, so that small containers still take chunked bodies at all.
+        reading = min(self._max_bytes, self._service.admission.budget_bytes // 4)
+        with self._service.admit(reading, 1.0, "rest"):
+            raw = await self._read_body(request, None)
+        with self._service.admit(len(raw), REST_BYTES_PER_BODY_BYTE, "rest") as ticket:
+            return await self._answer(raw, match, ticket)
+
+    async def _answer(self, raw: bytes, match: re.Match[str], ticket: Ticket) -> web.Response:
+        """Decode ``raw`` against the signature, run the model, encode the answer; the decode
+        and encode times go to the phase metrics."""
         started = time.perf_counter()
         ref, inputs, row_format = await self._decode(raw, match)
+        # Decoded: the body and the arrays are what the request holds from now on.
+        ticket.resize(len(raw) + sum(array.nbytes for array in inputs.values()))
         # decode: JSON parse and conversion to arrays, the thread hops included.
         times = PhaseTimes(decode=time.perf_counter() - started)
         result = await self._service.predict(
@@ -144,22 +176,26 @@ class RestApi:
         metrics.observe_phases(result.model, str(result.version), "rest", result.runtime, times)
         return response
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        """The request body, refused with 413 past ``max_request_bytes``."""
-        declared = request.content_length
-        if declared is not None and declared > self._max_bytes:
-            # Refuse before reading: the body never enters memory.
-            raise request_too_large(self._max_bytes)
+    async def _read_body(self, request: web.Request, declared: int | None) -> bytes:
+        """The whole body, read within ``--rest_body_timeout_seconds``."""
         try:
-            if declared is not None:
-                # The chunks joined once; request.read() grows a bytearray chunk by chunk and
-                # copies it again (a quarter of the server's time for a 4.5 MB body, profiled).
-                return await request.content.readexactly(declared)
-            return await request.read()
+            async with asyncio.timeout(self._body_timeout_s):
+                if declared is not None:
+                    # The chunks joined once; request.read() grows a bytearray chunk by chunk
+                    # and copies it again (a quarter of the server's time for a 4.5 MB body,
+                    # profiled).
+                    return await request.content.readexactly(declared)
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past client_max_size
             raise request_too_large(self._max_bytes) from None
         except asyncio.IncompleteReadError:
             raise invalid_argument("the request body ended before its Content-Length") from None
+        except TimeoutError:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"request body not received within {self._body_timeout_s:g} s "
+                "(--rest_body_timeout_seconds)",
+            ) from None
 
     async def _decode(
         self, raw: bytes, match: re.Match[str]
@@ -245,11 +281,26 @@ class RestApi:
 
 
 async def start_rest(
-    api: RestApi, host: str, port: int, ssl_context: ssl.SSLContext | None
+    api: RestApi,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    keepalive_timeout_s: float = 75.0,
+    max_connections: int = 0,
 ) -> web.AppRunner:
-    """Serve the REST API on ``host:port`` (SO_REUSEPORT so workers share it)."""
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    """Serve the REST API on ``host:port`` (SO_REUSEPORT so workers share it). Connections
+    waiting for a request's headers longer than ``keepalive_timeout_s`` are closed (aiohttp's
+    keep-alive timer runs from the connection's start and after each answer, so it covers
+    sockets that never send a byte and slowloris ones alike); ``max_connections`` caps them
+    (serving/transport/connections.py)."""
+    runner = web.AppRunner(
+        api.app(), access_log=None, handle_signals=False, keepalive_timeout=keepalive_timeout_s
+    )
     await runner.setup()
+    if max_connections:
+        assert runner.server is not None
+        RestConnectionCap(runner.server, max_connections)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=True)
     await site.start()
     return runner
