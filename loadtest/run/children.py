@@ -102,12 +102,19 @@ def run_floor(runtime: str, config: SweepConfig, run_dir: Path) -> FloorOutcome:
 def run_opprofile(runtime: str, config: SweepConfig, run_dir: Path) -> str | None:
     """Append ``runtime``'s per-operator profile to ``opprofile.csv`` (on the server's cores);
     a note when there is none."""
-    from loadtest.run.opprofile import DEFAULT_BATCH_SIZES, OPPROFILE_CSV, PROFILED_RUNTIMES
+    from loadtest.run.opprofile import (
+        DEFAULT_BATCH_SIZES,
+        LITERT_NOTE,
+        OPPROFILE_CSV,
+        PROFILED_RUNTIMES,
+    )
 
+    if runtime == "litert":
+        return LITERT_NOTE
     if runtime not in PROFILED_RUNTIMES:
         return (
-            f"{runtime}: no per-operator profile (ONNX Runtime's and TensorFlow's profilers "
-            "are read; this runtime's is not)"
+            f"{runtime}: no per-operator profile (ONNX Runtime's, TensorFlow's and OpenVINO's "
+            "profilers are read; this runtime's is not)"
         )
     if config.device != "cpu":
         return f"{runtime}: no per-operator profile on {config.device} (CPU only)"
