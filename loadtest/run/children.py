@@ -130,3 +130,25 @@ def run_opprofile(runtime: str, config: SweepConfig, run_dir: Path) -> str | Non
     if returncode != 0:
         return f"{runtime}: per-operator profile failed (exit {returncode}): {_last_line(log_path)}"
     return None
+
+
+def run_graphs(runtime: str, config: SweepConfig, run_dir: Path) -> str | None:
+    """Add ``runtime``'s executed graphs to ``executed-graph.json`` (a child process on the
+    server's cores); a note when there are none. A failure is recorded, never fatal."""
+    from loadtest.run.graphs import EXECUTED_GRAPH_JSON, GRAPH_RUNTIMES
+
+    if runtime not in GRAPH_RUNTIMES:
+        return f"{runtime}: no executed graph recorded (not read for this runtime)"
+    if config.device != "cpu":
+        return f"{runtime}: no executed graph on {config.device} (CPU only)"
+    command = [
+        *(sys.executable, "-m", "loadtest.run.graphs"),
+        *("--runtime", runtime, "--models-dir", str(config.models_dir)),
+        *("--models", ",".join(config.grid.models)),
+        *("--output", str(run_dir / EXECUTED_GRAPH_JSON)),
+    ]
+    log_path = run_dir / f"graphs-{runtime}.log"
+    returncode = _child(command, log_path, 600, config.server_cpus)
+    if returncode != 0:
+        return f"{runtime}: executed graph failed (exit {returncode}): {_last_line(log_path)}"
+    return None

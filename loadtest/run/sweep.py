@@ -46,7 +46,7 @@ from loadtest.cells import (
 )
 from loadtest.cli import UsageError, config_from_args
 from loadtest.plan import SweepConfig, Target
-from loadtest.run.children import FloorFacts, run_floor, run_opprofile
+from loadtest.run.children import FloorFacts, run_floor, run_graphs, run_opprofile
 from loadtest.run.cpu import CpuSampler, pinned, usable_cpus
 from loadtest.run.locust import run_cell
 from loadtest.run.portable import portable
@@ -127,6 +127,12 @@ class _Sweep:
         self.notes.append(text)
         self.say(f"[red]{text}")
 
+    def remark(self, text: str | None) -> None:
+        """A note that is no failure of the sweep (a runtime without a profile...)."""
+        if text:
+            self.notes.append(text)
+            self.say(f"[yellow]{text}")
+
     def measure_floor(self, runtime: str, info: RuntimeInfo) -> None:
         """The in-process floor of ``runtime`` and its operator profile."""
         self.progress.update(self.task, description=f"{runtime}: in-process")
@@ -141,10 +147,9 @@ class _Sweep:
             self.rows.append(row)
         if self.config.opprofile:
             self.progress.update(self.task, description=f"{runtime}: operator profile")
-            missing = run_opprofile(runtime, self.config, self.run_dir)
-            if missing:
-                self.notes.append(missing)
-                self.say(f"[yellow]{missing}")
+            self.remark(run_opprofile(runtime, self.config, self.run_dir))
+        self.progress.update(self.task, description=f"{runtime}: executed graph")
+        self.remark(run_graphs(runtime, self.config, self.run_dir))
         self.progress.advance(self.task, self.config.grid.floor_cells_per_runtime)
 
     def start_server(self, runtime: str, info: RuntimeInfo, sampler: CpuSampler) -> Any:
