@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_results_written_before_the_threads_columns_read_as_empty(tmp_path):
 def test_a_thread_allowed_outside_the_set_is_counted_and_flagged():
     cpus = sorted(os.sched_getaffinity(0))
     record = process_threads(os.getpid(), {cpus[0]})
-    assert record["threads"] and record["rss_mb"] > 0
+    assert record["threads"] and (record["rss_mb"] or 0) > 0
     assert record["outside"] == (len(record["threads"]) if len(cpus) > 1 else 0)
     inside = process_threads(os.getpid(), set(cpus))
     assert inside["outside"] == 0 and inside["cpu_set"] == cpu_list(cpus)
@@ -138,18 +139,18 @@ def test_the_pinned_floor_keeps_every_thread_on_its_cpu(runtime, exported_reposi
 
 
 def test_executed_graphs_name_what_each_runtime_ran(exported_repository):
-    onnx = executed_graphs("onnx", exported_repository, ["standard", "separable"])
+    onnx: Any = executed_graphs("onnx", exported_repository, ["standard", "separable"])
     separable = onnx["separable"]
     assert "error" not in separable, separable
     assert "nchwc" in separable["summary"]["depthwise"]
     assert "Relu" in separable["summary"]["pointwise"]
     assert onnx["standard"]["summary"]["depthwise"] == "none"
     assert {n["kind"] for n in separable["nodes"]} >= {"depthwise", "pointwise", "dense"}
-    openvino = executed_graphs("openvino", exported_repository, ["separable"])["separable"]
+    openvino: Any = executed_graphs("openvino", exported_repository, ["separable"])["separable"]
     assert "error" not in openvino, openvino
     kernels = {n["kernel"] for n in openvino["nodes"] if n["kind"] == "depthwise"}
     assert kernels and "fused" not in kernels
-    litert = executed_graphs("litert", exported_repository, ["separable"])["separable"]
+    litert: Any = executed_graphs("litert", exported_repository, ["separable"])["separable"]
     assert "error" not in litert, litert
     delegated, _, total = litert["summary"]["delegated"].partition(" (")[0].partition(" of ")
     assert 0 < int(delegated) <= int(total)
