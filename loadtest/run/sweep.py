@@ -38,6 +38,7 @@ from contract import MODELS_CONFIG_FILENAME
 from loadtest.cells import (
     IN_PROCESS,
     SERVER_PHASES,
+    THREADS_OUTSIDE,
     CellDetails,
     CellKey,
     Row,
@@ -143,6 +144,7 @@ class _Sweep:
         if "error" in floor.facts:
             self.note(f"{runtime}: in-process measurement failed: {floor.facts['error']}")
         for row in floor.rows:
+            self.outside_note(row)
             self.say(_cell_line(row, {}))
             self.rows.append(row)
         if self.config.opprofile:
@@ -201,6 +203,7 @@ class _Sweep:
             busy = cpu_busy()
             outcome = run_cell(cell, self.config, target, self.run_dir, sampler)
             outcome.row = self.server_threads(cell, outcome.row, busy_between(busy, cpu_busy()))
+            self.outside_note(outcome.row)
             self.rows.append(outcome.row)
             self.cells.append(outcome.details)
             if outcome.samples:
@@ -210,6 +213,16 @@ class _Sweep:
                 if "saturated" not in note:
                     self.say(f"  [yellow]{note}")
             self.progress.advance(self.task)
+
+    def outside_note(self, row: Row) -> None:
+        """A note for a measurement whose threads may leave the CPU set (``threads.json``)."""
+        if THREADS_OUTSIDE in row["flags"].split(";"):
+            key = CellKey.from_row(row)
+            self.note(
+                f"{key.runtime} {key.mode} {key.model} b{key.batch_size} c{key.concurrency} "
+                f"r{key.repeat}: {row['threads_outside']} of {row['threads']} threads may run "
+                "outside the CPU set the process was given (threads.json)"
+            )
 
     def server_threads(self, cell: CellKey, row: Row, busy: str) -> Row:
         """``row`` with the server's threads, CPU and memory after the cell (recorded in
