@@ -107,7 +107,7 @@ models/models.config: $(TRAINED)
 train: $(TRAINED)
 export: models/models.config
 
-# The short sweep (about 5 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
+# The short sweep, four runtimes over gRPC (about 8 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
 demo: models/models.config
 	$(PY) -m loadtest --models-dir models --output reports $(SWEEP_ARGS)
 

@@ -23,6 +23,17 @@ The column names and their order are an interface: users script against them.
   server's own mean time per request in each phase over the cell (warm-up included), from its
   ``serving_request_phase_seconds`` histogram. Empty for in-process rows, for servers without
   that histogram, and for results written before it existed.
+- ``threads``, ``threads_outside``, ``cpu_busy_s``, ``server_rss_mb``, ``flags`` (issue #21):
+  where the measured process ran. ``threads``: threads of the server's process tree after the
+  cell (in-process rows: the floor's process); ``threads_outside``: how many of them may run on a
+  CPU outside the CPU set the process was given (``/proc/<pid>/task/*/status``
+  ``Cpus_allowed_list``); ``cpu_busy_s``: busy seconds of each CPU of the machine over the cell
+  (served: the whole Locust run, start and warm-up included; in-process: the measurement window),
+  ``cpu<id>=<seconds>`` joined by ``;`` (``cpu0=1.92;cpu1=0.31``); ``server_rss_mb``: resident
+  memory of the server's process tree after the cell in MiB (in-process: the floor's process);
+  ``flags``: short codes joined by ``;`` for the report to footnote, ``threads-outside`` when a
+  thread may leave the CPU set. Each run's ``threads.json`` lists every thread. Empty in results
+  written before they existed.
 """
 
 from __future__ import annotations
@@ -174,6 +185,11 @@ class Row(TypedDict):
     server_queue_ms: float | None
     server_infer_ms: float | None
     server_encode_ms: float | None
+    threads: int | None
+    threads_outside: int | None
+    cpu_busy_s: str
+    server_rss_mb: float | None
+    flags: str
 
 
 COLUMNS: tuple[str, ...] = tuple(get_type_hints(Row))
@@ -203,9 +219,16 @@ SERVER_PHASES: tuple[str, ...] = ("decode", "queue", "infer", "encode")
 _OPTIONAL_COLUMNS: dict[str, Any] = {
     "repeat": 0,
     **{f"server_{phase}_ms": None for phase in SERVER_PHASES},
+    "threads": None,
+    "threads_outside": None,
+    "cpu_busy_s": "",
+    "server_rss_mb": None,
+    "flags": "",
 }
 INT_COLUMNS = frozenset({"batch_size", "concurrency", "repeat", "errors"})
-STR_COLUMNS = frozenset({"runtime", "device", "model", "protocol", "mode"})
+OPTIONAL_INT_COLUMNS = frozenset({"threads", "threads_outside"})
+STR_COLUMNS = frozenset({"runtime", "device", "model", "protocol", "mode", "cpu_busy_s", "flags"})
+THREADS_OUTSIDE = "threads-outside"  # the flag of a cell whose threads may leave their CPU set
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 
@@ -213,8 +236,8 @@ RESULTS_JSON = "results.json"
 def normalize(row: Mapping[str, Any]) -> Row:
     """A row with exactly :data:`COLUMNS`, typed: str, int, or float (None when missing/NaN).
 
-    The columns added since the first results format (``repeat`` and the server phases) may be
-    absent: they read as repeat 0 and empty.
+    The columns added since the first results format (``repeat``, the server phases, the
+    threads and memory columns) may be absent: they read as repeat 0 and empty.
     """
     missing = [c for c in COLUMNS if c not in row and c not in _OPTIONAL_COLUMNS]
     if missing:
@@ -223,11 +246,13 @@ def normalize(row: Mapping[str, Any]) -> Row:
     for column in COLUMNS:
         value = row.get(column, _OPTIONAL_COLUMNS.get(column))
         if column in STR_COLUMNS:
-            out[column] = str(value)
+            out[column] = "" if value is None else str(value)
         elif column in INT_COLUMNS:
             out[column] = int(value)
-        elif value is None or value == "":
+        elif value is None or value == "" or value != value:  # noqa: PLR0124 - NaN
             out[column] = None
+        elif column in OPTIONAL_INT_COLUMNS:
+            out[column] = int(float(value))
         else:
             number = float(value)
             out[column] = None if math.isnan(number) else number
@@ -343,6 +368,11 @@ def measured_row(
         server_queue_ms=phases.get("server_queue_ms"),
         server_infer_ms=phases.get("server_infer_ms"),
         server_encode_ms=phases.get("server_encode_ms"),
+        threads=None,
+        threads_outside=None,
+        cpu_busy_s="",
+        server_rss_mb=None,
+        flags="",
     )
 
 

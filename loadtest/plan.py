@@ -52,14 +52,18 @@ class Grid:
         return len(self.models) * len(self.batch_sizes) * self.repeats
 
 
-# The demo grid: 2 runtimes x 2 models x 2 protocols x 2 batch sizes x 2 concurrency levels = 32
-# Locust runs of 1 + 3 s (plus ~4 s of Locust start and stop each): about 5 minutes on 2 cores.
+# The demo grid: 4 runtimes x 2 models x gRPC x 2 batch sizes x 2 concurrency levels = 32 Locust
+# runs of 1 + 3 s, as many as the 2-runtime demo with both protocols had (REST is one flag away:
+# --protocols grpc,rest). On 2 cores: 32 cells x ~7.5 s (4 s plus Locust's start and stop) = 240 s,
+# plus per runtime its floor (8 cells x 4 s + start) and server start, operator profile and
+# executed graph: onnx ~53 s, tensorflow ~100 s, openvino ~46 s, litert ~38 s; with the report
+# about 8 minutes (the 2-runtime demo with REST took 6.5).
 DEMO_GRID = Grid(
-    runtimes=("onnx", "tensorflow"),
+    runtimes=("onnx", "tensorflow", "openvino", "litert"),
     models=MODEL_NAMES,
     batch_sizes=(1, 32),
     concurrency=(1, 8),
-    protocols=PROTOCOLS,
+    protocols=("grpc",),
     duration_s=3,
     warmup_s=1,
     repeats=1,

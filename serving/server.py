@@ -66,6 +66,15 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
     )
 
 
+def inline_max_rows(settings: Settings) -> int:
+    """Requests up to this many rows run on the event loop thread, larger ones on an inference
+    thread (without batching): ``--inline_max_rows``, else :data:`INLINE_MAX_ROWS` of the
+    runtime. The load tester's in-process floor calls ``predict`` the same way."""
+    if settings.inline_max_rows >= 0:
+        return settings.inline_max_rows
+    return INLINE_MAX_ROWS.get(settings.runtime, 0)
+
+
 def model_configs(settings: Settings) -> list[ModelConfig]:
     """The models to serve, from ``--model_config_file`` or ``--model_name/--model_base_path``."""
     if settings.model_config_file is not None:
@@ -196,9 +205,7 @@ class Server:
             self._executor,
             batching=settings.batching if settings.enable_batching else None,
             batch_executor=batch_executor,
-            inline_max_rows=settings.inline_max_rows
-            if settings.inline_max_rows >= 0
-            else INLINE_MAX_ROWS.get(settings.runtime, 0),
+            inline_max_rows=inline_max_rows(settings),
             admission=Admission(self.limits.inflight_bytes),
             max_rows_per_run=settings.max_rows_per_run,
         )

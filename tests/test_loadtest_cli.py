@@ -17,6 +17,7 @@ from loadtest.report.analysis import RATIO_COLUMNS
 from loadtest.run import sweep
 from loadtest.run.locust import locust_worker_processes
 from loadtest.run.opprofile import OP_COLUMNS, OP_KINDS
+from tests.test_results import absolute_paths
 
 
 @pytest.fixture
@@ -233,6 +234,25 @@ def test_a_repeated_pinned_sweep_writes_results_ratios_and_the_operator_profile(
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["pinning"] == pinning and meta["grid"]["repeats"] == 2
     assert len(meta["samples"]) == 8  # throughput samples of every measurement
+    # Every thread of the pinned server and of the pinned floor stayed on the server's CPU.
+    for row in rows:
+        assert row["threads_outside"] == "0" and int(row["threads"]) >= 1, row
+        assert row["flags"] == "" and float(row["server_rss_mb"]) > 0
+        assert f"cpu{server_cpu}=" in row["cpu_busy_s"]
+    threads = json.loads((run_dir / "threads.json").read_text())
+    assert sorted((t["mode"], t["model"], t["repeat"]) for t in threads) == sorted(
+        (r["mode"], r["model"], int(r["repeat"])) for r in rows
+    )
+    for record in threads:
+        assert record["cpu_set"] == str(server_cpu) and record["outside"] == 0
+        assert {t["cpus"] for t in record["threads"]} == {str(server_cpu)}, record
+    # What ran, and no path of this machine in what the run recorded.
+    graphs = json.loads((run_dir / "executed-graph.json").read_text())
+    assert "nchwc" in graphs["onnx"]["separable"]["summary"]["depthwise"]
+    for name in ("run.json", "command.txt", "machine.json"):
+        text = (run_dir / name).read_text()
+        assert not absolute_paths(text), (name, absolute_paths(text)[:3])
+    assert "<tmp>/" in (run_dir / "command.txt").read_text()
     report = (run_dir / "report.md").read_text()
     assert f"CPU split: server and in-process floor on CPU {server_cpu}, Locust on CPU" in report
     assert "## Server breakdown" in report and "(plots/server_breakdown.png)" in report

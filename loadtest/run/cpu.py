@@ -14,6 +14,7 @@ import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -174,8 +175,18 @@ def pinned(cpus: Collection[int] | None) -> Iterator[None]:
 def pin_from_flag(text: str | None) -> None:
     """Pin this process to the comma-separated CPU ids of a ``--cpus`` flag (the sweep's
     in-process and operator-profile children); nothing when the flag was not given. Call it
-    before a runtime starts its thread pools, which size themselves to the affinity."""
+    before a runtime starts its thread pools, which size themselves to the affinity.
+
+    Every thread already running is pinned too: affinity is per thread, and imports start
+    threads (a floor pinned to CPU 0 this way had one thread still allowed on 0-1 before)."""
     if text:
         from loadtest.cli import cpu_ids
 
-        os.sched_setaffinity(0, set(cpu_ids(text, "--cpus")))
+        cpus = set(cpu_ids(text, "--cpus"))
+        os.sched_setaffinity(0, cpus)
+        tasks = Path("/proc/self/task")
+        for task in tasks.iterdir() if tasks.is_dir() else ():
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except OSError:
+                continue  # the thread ended meanwhile

@@ -1,9 +1,19 @@
 """In-process measurement: the runtime called directly, without server, network or serialization.
 
-This is the floor that serving overhead is measured against: one thread calling
+This is the floor that serving overhead is measured against: one caller running
 ``Runtime.predict`` back to back on the same MNIST test batches the load test sends. The sweep runs
 it in a child process per runtime (``python -m loadtest.run.floor``) so that a runtime's threads
 and memory (TensorFlow's especially) never share a process with the load generator or the server.
+
+The floor runs each runtime as the server configures it (issue #21): the settings come from the
+same flags the sweep gives the server (``--server-args``, parsed by
+:func:`serving.settings.parse_settings`), the runtime options from
+:func:`serving.server.runtime_options` (threads sized from the CPU set the child is pinned to,
+the same sessions per row count, such as ONNX Runtime's one-thread session up to 8 rows), and a
+request runs on the calling thread up to :func:`serving.server.inline_max_rows` rows and on an
+inference thread above, as the server's service does. With ``--enable_batching`` the server goes
+through its batcher, which the floor does not model. Each measurement records the process's
+threads and allowed CPUs, the busy seconds per CPU and the RSS (:mod:`loadtest.run.threads`).
 """
 
 from __future__ import annotations
@@ -11,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +34,8 @@ from typing import Any
 from loadtest.cli import MAX_BATCH_SIZE, comma_list, ints
 from loadtest.plan import interleaved
 from loadtest.record import hdr, payload
-from loadtest.run.cpu import pin_from_flag
+from loadtest.run.cpu import pin_from_flag, usable_cpus
+from loadtest.run.threads import busy_between, cpu_busy, process_threads
 
 MIN_CALLS = 5  # measured calls per cell even when one call outlasts the duration
 SAMPLE_BINS = 10  # throughput samples per measurement window (for the report's intervals)
@@ -43,12 +57,54 @@ def latest_version_dir(models_dir: Path, model: str) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
+@dataclass
+class ServerWay:
+    """How the server would run a request: its runtime options, the rows it runs inline (on the
+    event loop thread) and its inference threads for the rest."""
+
+    options: Any  # serving.runtimes.RuntimeOptions
+    inline_max_rows: int
+    executor: ThreadPoolExecutor | None = None
+
+    def run(self, predict: Callable[[], Any], rows: int) -> Any:
+        """``predict()`` where the server would run it for ``rows`` rows."""
+        # The server (another branch: --max_rows_per_run, serving/model/runs.py) runs requests
+        # above 64 rows in 64-row slices; once merged, the floor slices here, the one place.
+        if rows <= self.inline_max_rows or self.executor is None:
+            return predict()
+        return self.executor.submit(predict).result()
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+
+
+def server_way(kind: str, models_dir: Path, device: str, server_args: Sequence[str]) -> ServerWay:
+    """The server's configuration of runtime ``kind`` for the flags the sweep gives it."""
+    from contract import MODELS_CONFIG_FILENAME
+    from serving.server import inline_max_rows, runtime_options
+    from serving.settings import SettingsError, parse_settings
+
+    try:
+        settings = parse_settings(
+            [
+                *("--model_config_file", str(models_dir / MODELS_CONFIG_FILENAME)),
+                *("--runtime", kind, "--device", device, *server_args),
+            ]
+        )
+    except SettingsError as exc:
+        raise RepositoryError(f"the server's flags do not parse: {exc}") from exc
+    executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+    return ServerWay(runtime_options(settings), inline_max_rows(settings), executor)
+
+
 class _Caller:
     """``runtime.predict`` on consecutive test-set batches, as the server would call it."""
 
-    def __init__(self, runtime: Any, ring: payload.ImageRing) -> None:
+    def __init__(self, runtime: Any, ring: payload.ImageRing, way: ServerWay | None) -> None:
         self.runtime = runtime
         self.ring = ring
+        self.way = way
         self.batch_index = 0
 
     def call(self, histogram: Any | None) -> tuple[int, int]:
@@ -59,7 +115,12 @@ class _Caller:
         self.batch_index += 1
         inputs = {INPUT_NAME: payload.to_float(images)}
         started = time.perf_counter()
-        outputs = self.runtime.predict(SIGNATURE_NAME, inputs)
+        if self.way is None:
+            outputs = self.runtime.predict(SIGNATURE_NAME, inputs)
+        else:
+            outputs = self.way.run(
+                lambda: self.runtime.predict(SIGNATURE_NAME, inputs), len(labels)
+            )
         elapsed = time.perf_counter() - started
         if histogram is not None:
             hdr.record_us(histogram, elapsed * 1e6)
@@ -77,6 +138,7 @@ class _Window:
     finished: list[float] = field(default_factory=list)  # seconds since it opened, per call
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    cpu_busy_s: str = ""  # busy seconds per CPU over the window (threads.busy_between)
 
 
 def _warm_up(caller: _Caller, warmup_s: float) -> None:
@@ -89,6 +151,7 @@ def _warm_up(caller: _Caller, warmup_s: float) -> None:
 
 def _measure_window(caller: _Caller, histogram: Any, duration_s: float) -> _Window:
     window = _Window()
+    busy = cpu_busy()
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     deadline = wall_start + duration_s
     while time.perf_counter() < deadline or window.calls < MIN_CALLS:
@@ -99,6 +162,7 @@ def _measure_window(caller: _Caller, histogram: Any, duration_s: float) -> _Wind
         window.calls += 1
     window.wall_s = time.perf_counter() - wall_start
     window.cpu_s = time.process_time() - cpu_start
+    window.cpu_busy_s = busy_between(busy, cpu_busy())
     return window
 
 
@@ -110,9 +174,13 @@ def measure_model(
     duration_s: float,
     warmup_s: float,
     test_set: payload.TestSet,
+    way: ServerWay | None = None,
+    cpu_set: frozenset[int] | None = None,
 ) -> dict[str, Any]:
-    """Call ``runtime.predict`` back to back; latency percentiles, throughput, accuracy, CPU."""
-    caller = _Caller(runtime, payload.ImageRing(test_set, batch_size))
+    """Call ``runtime.predict`` back to back (as the server would when ``way`` is given);
+    latency percentiles, throughput, accuracy, CPU, and this process's threads against
+    ``cpu_set`` (default: the CPUs it may use now)."""
+    caller = _Caller(runtime, payload.ImageRing(test_set, batch_size), way)
     histogram = hdr.new_histogram()
     _warm_up(caller, warmup_s)
     window = _measure_window(caller, histogram, duration_s)
@@ -126,6 +194,8 @@ def measure_model(
         "accuracy": window.correct / window.images if window.images else math.nan,
         "cpu_percent": 100.0 * window.cpu_s / wall,
         "samples": throughput_samples(window.finished, wall, batch_size),
+        "cpu_busy_s": window.cpu_busy_s,
+        "threads": process_threads(os.getpid(), cpu_set or frozenset(usable_cpus())),
         **hdr.summarize(histogram).as_dict(),
         "histogram": hdr.encode(histogram),
     }
@@ -147,18 +217,18 @@ def throughput_samples(
 
 
 def _load_all(
-    kind: str, models_dir: Path, models: Sequence[str], device: str
+    kind: str, models_dir: Path, models: Sequence[str], options: Any
 ) -> tuple[dict[str, tuple[Any, int]], dict[str, str]]:
-    """Every model's latest version loaded at once (closed again if one fails); the runtimes with
-    their versions by model, and the runtime's description."""
-    from serving.runtimes import RuntimeOptions, load_runtime
+    """Every model's latest version loaded at once with the server's ``options`` (closed again
+    if one fails); the runtimes with their versions by model, and the runtime's description."""
+    from serving.runtimes import load_runtime
 
     loaded: dict[str, tuple[Any, int]] = {}
     described: dict[str, str] = {}
     try:
         for model in models:
             version_dir = latest_version_dir(models_dir, model)
-            runtime = load_runtime(kind, version_dir, RuntimeOptions(device=device))
+            runtime = load_runtime(kind, version_dir, options)
             loaded[model] = (runtime, int(version_dir.name))
             described = dict(runtime.describe())
     except BaseException:
@@ -178,16 +248,25 @@ def measure_runtime(
     warmup_s: float,
     device: str = "cpu",
     repeats: int = 1,
+    server_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Measure every (model, batch size) ``repeats`` times with runtime ``kind``; runtime facts
-    and one entry per measurement (``repeat`` 0, 1, …), model-major.
+    """Measure every (model, batch size) ``repeats`` times with runtime ``kind`` configured and
+    called as the server started with ``server_args`` would; runtime facts and one entry per
+    measurement (``repeat`` 0, 1, …), model-major.
 
     All models are loaded at once and, per batch size, measured in A B B A … order, so that
     drift (thermal, a noisy neighbour) hits every model alike.
     """
+    # The CPU set this process was given, read before any runtime starts a thread.
+    cpu_set = frozenset(usable_cpus())
     test_set = payload.load_test_set()
     entries = []
-    loaded, described = _load_all(kind, models_dir, models, device)
+    way = server_way(kind, models_dir, device, server_args)
+    try:
+        loaded, described = _load_all(kind, models_dir, models, way.options)
+    except BaseException:
+        way.close()
+        raise
     try:
         for batch_size in batch_sizes:
             for repeat in range(repeats):
@@ -200,14 +279,25 @@ def measure_runtime(
                         duration_s=duration_s,
                         warmup_s=warmup_s,
                         test_set=test_set,
+                        way=way,
+                        cpu_set=cpu_set,
                     )
                     entries.append({**entry, "version": version, "repeat": repeat})
     finally:
         for runtime, _ in loaded.values():
             runtime.close()
+        way.close()
     order = {model: i for i, model in enumerate(models)}
     entries.sort(key=lambda e: (order[e["model"]], e["batch_size"], e["repeat"]))
-    return {"runtime": kind, "device": device, "describe": described, "results": entries}
+    return {
+        "runtime": kind,
+        "device": device,
+        "describe": described,
+        "cpu_set": sorted(cpu_set),
+        "server_args": list(server_args),
+        "inline_max_rows": way.inline_max_rows,
+        "results": entries,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--repeats", type=int, default=1, help="measurements per cell")
     parser.add_argument("--cpus", help="pin this process to these CPU ids (comma-separated)")
+    parser.add_argument(
+        "--server-args", default="", help="the server's extra flags, to configure it the same way"
+    )
     args = parser.parse_args(argv)
     pin_from_flag(args.cpus)
     try:
@@ -238,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup_s=args.warmup,
             device=args.device,
             repeats=max(1, args.repeats),
+            server_args=shlex.split(args.server_args),
         )
     except (RepositoryError, RuntimeError, OSError, ValueError) as exc:
         print(f"in-process measurement failed: {exc}", file=sys.stderr)

@@ -20,7 +20,10 @@ profiler plugin turns the XPlane trace into its "framework op stats" (self time 
 types map to kinds (``DepthwiseConv2dNative``: depthwise; a convolution in a layer that also has
 a depthwise one: pointwise; other convolutions: standard; ``MatMul``: dense;
 ``MaxPool``/``AvgPool``: pooling). Its multiply-adds come from the same version's ONNX graph (the
-same weights). The torch runtime is not profiled; the sweep records that.
+same weights). OpenVINO is profiled from its CPU plugin's per-node performance counters
+(:mod:`loadtest.run.opprofile_ov`). LiteRT's per-operator profiler is not reachable from Python:
+its rows are whole-model times only (the in-process floor), and the sweep records
+:data:`LITERT_NOTE`. The torch runtime is not profiled; the sweep records that.
 
 Rows (``opprofile.csv``): ``runtime, device, model, batch_size, op_kind, ms, macs, gmacs_per_s``
 where ``ms`` is the mean time per call and ``macs`` the multiply-adds per call (whole batch).
@@ -43,7 +46,13 @@ import numpy as np
 from loadtest.cli import MAX_BATCH_SIZE, comma_list, ints
 from loadtest.run.cpu import pin_from_flag
 
-PROFILED_RUNTIMES = ("onnx", "tensorflow")
+PROFILED_RUNTIMES = ("onnx", "tensorflow", "openvino")
+# LiteRT's per-operator profiler (the C++ benchmark tool's op profiling) is not reachable from
+# Python: ai_edge_litert's Interpreter exposes no profiler. Its times are whole-model ones.
+LITERT_NOTE = (
+    "litert: no per-operator profile: LiteRT's op profiler is not reachable from Python "
+    "(ai_edge_litert's Interpreter exposes none); whole-model times only (the in-process floor)"
+)
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 OP_KINDS = (
     "standard conv",
@@ -249,7 +258,14 @@ def profile_rows(
     """Profile every model at every batch size; rows for ``opprofile.csv``."""
     from contract import ONNX_FILENAME
     from loadtest.run.floor import latest_version_dir
+    from loadtest.run.opprofile_ov import profile_openvino
     from loadtest.run.opprofile_tf import profile_tensorflow
+
+    profilers = {
+        "onnx": lambda v, b: profile_model(v / ONNX_FILENAME, b),
+        "tensorflow": profile_tensorflow,
+        "openvino": profile_openvino,
+    }
 
     if runtime not in PROFILED_RUNTIMES:
         raise ValueError(f"no per-operator profiler for runtime {runtime!r}")
@@ -257,11 +273,7 @@ def profile_rows(
     for model in models:
         version_dir = latest_version_dir(models_dir, model)
         for batch_size in batch_sizes:
-            profile = (
-                profile_model(version_dir / ONNX_FILENAME, batch_size)
-                if runtime == "onnx"
-                else profile_tensorflow(version_dir, batch_size)
-            )
+            profile = profilers[runtime](version_dir, batch_size)
             for kind, (ms, macs) in profile.items():
                 rows.append(
                     OpRow(

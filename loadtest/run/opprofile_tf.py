@@ -60,8 +60,9 @@ def _layer(op_name: str) -> str:
     return "/".join(parts[:3]) if len(parts) >= 3 else op_name
 
 
-def framework_op_times(xplane_paths: Sequence[str], calls: int) -> dict[str, float]:
-    """Mean ms per call per layer kind from TensorFlow profiler traces (``.xplane.pb``)."""
+def framework_ops(xplane_paths: Sequence[str]) -> list[tuple[str, str, float]]:
+    """(kernel type, op name, self µs) of every op in TensorFlow profiler traces
+    (``.xplane.pb``), from the profiler plugin's "framework op stats"."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
     data, ok = _pywrap_profiler_plugin.xspace_to_tools_data(
@@ -81,22 +82,35 @@ def framework_op_times(xplane_paths: Sequence[str], calls: int) -> dict[str, flo
         ops.append(
             (str(values["type"]), str(values["operation"]), float(values["total_self_time"]))
         )
+    return ops
+
+
+def op_kinds(ops: Sequence[tuple[str, str, float]]) -> list[str]:
+    """The layer kind of each of ``ops`` (a convolution in a layer that also runs a depthwise
+    kernel is pointwise)."""
     depthwise_layers = {
         _layer(name) for op_type, name, _ in ops if tf_kind(op_type, False) == "depthwise"
     }
+    return [tf_kind(op_type, _layer(name) in depthwise_layers) for op_type, name, _ in ops]
+
+
+def framework_op_times(xplane_paths: Sequence[str], calls: int) -> dict[str, float]:
+    """Mean ms per call per layer kind from TensorFlow profiler traces (``.xplane.pb``)."""
+    ops = framework_ops(xplane_paths)
     totals: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
-    for op_type, name, self_us in ops:
-        totals[tf_kind(op_type, _layer(name) in depthwise_layers)] += self_us
+    for (_, _, self_us), kind in zip(ops, op_kinds(ops), strict=True):
+        totals[kind] += self_us
     return {kind: us / 1000.0 / calls for kind, us in totals.items()}
 
 
-def profile_tensorflow(
+def profiled_calls(
     version_dir: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
-) -> dict[str, tuple[float, int]]:
-    """{kind: (ms per call, MACs per call)} of the TensorFlow runtime's ``predict``."""
+) -> tuple[list[tuple[str, str, float]], int, float]:
+    """The TensorFlow runtime's ``predict`` under TF's profiler: its ops (kernel type, name,
+    self µs summed over the calls), the calls and their wall seconds."""
     import tensorflow as tf
 
-    from contract import INPUT_NAME, ONNX_FILENAME, SIGNATURE_NAME
+    from contract import INPUT_NAME, SIGNATURE_NAME
     from serving.runtimes import RuntimeOptions, load_runtime
     from serving.runtimes.tensorflow import TensorFlowRuntime
 
@@ -121,9 +135,24 @@ def profile_tensorflow(
                     calls += 1
             finally:
                 tf.profiler.experimental.stop()
-            times = framework_op_times([str(p) for p in Path(tmp).rglob("*.xplane.pb")], calls)
+            ops = framework_ops([str(p) for p in Path(tmp).rglob("*.xplane.pb")])
     finally:
         runtime.close()
+    return ops, calls, wall
+
+
+def profile_tensorflow(
+    version_dir: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
+) -> dict[str, tuple[float, int]]:
+    """{kind: (ms per call, MACs per call)} of the TensorFlow runtime's ``predict``."""
+    from contract import ONNX_FILENAME
+
+    ops, calls, wall = profiled_calls(
+        version_dir, batch_size, min_seconds=min_seconds, warmup_calls=warmup_calls
+    )
+    times: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
+    for (_, _, self_us), kind in zip(ops, op_kinds(ops), strict=True):
+        times[kind] += self_us / 1000.0 / calls
     # What the ops' self time does not cover: the runtime's Python side, feeding and fetching.
     times["call overhead"] = max(wall * 1000.0 / calls - sum(times.values()), 0.0)
     per_image = GraphCosts(version_dir / ONNX_FILENAME).macs_by_kind()

@@ -38,6 +38,7 @@ from contract import MODELS_CONFIG_FILENAME
 from loadtest.cells import (
     IN_PROCESS,
     SERVER_PHASES,
+    THREADS_OUTSIDE,
     CellDetails,
     CellKey,
     Row,
@@ -46,9 +47,19 @@ from loadtest.cells import (
 )
 from loadtest.cli import UsageError, config_from_args
 from loadtest.plan import SweepConfig, Target
-from loadtest.run.children import FloorFacts, run_floor, run_opprofile
-from loadtest.run.cpu import CpuSampler, pinned
+from loadtest.run.children import FloorFacts, run_floor, run_graphs, run_opprofile
+from loadtest.run.cpu import CpuSampler, pinned, usable_cpus
 from loadtest.run.locust import run_cell
+from loadtest.run.portable import portable
+from loadtest.run.threads import (
+    busy_between,
+    cpu_busy,
+    process_threads,
+    threads_record,
+    with_threads,
+)
+
+THREADS_JSON = "threads.json"
 
 
 class RuntimeInfo(TypedDict, total=False):
@@ -107,6 +118,8 @@ class _Sweep:
     runtimes: list[RuntimeInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     samples: dict[str, list[float]] = field(default_factory=dict)
+    threads: list[dict[str, Any]] = field(default_factory=list)  # threads.json
+    server_pid: int | None = None  # the server measured now (its threads are recorded per cell)
 
     def say(self, text: str) -> None:
         self.progress.console.print(text)
@@ -115,23 +128,30 @@ class _Sweep:
         self.notes.append(text)
         self.say(f"[red]{text}")
 
+    def remark(self, text: str | None) -> None:
+        """A note that is no failure of the sweep (a runtime without a profile...)."""
+        if text:
+            self.notes.append(text)
+            self.say(f"[yellow]{text}")
+
     def measure_floor(self, runtime: str, info: RuntimeInfo) -> None:
         """The in-process floor of ``runtime`` and its operator profile."""
         self.progress.update(self.task, description=f"{runtime}: in-process")
-        rows, facts, samples = run_floor(runtime, self.config, self.run_dir)
-        self.samples.update(samples)
-        info["in_process"] = facts
-        if "error" in facts:
-            self.note(f"{runtime}: in-process measurement failed: {facts['error']}")
-        for row in rows:
+        floor = run_floor(runtime, self.config, self.run_dir)
+        self.samples.update(floor.samples)
+        self.threads += floor.threads
+        info["in_process"] = floor.facts
+        if "error" in floor.facts:
+            self.note(f"{runtime}: in-process measurement failed: {floor.facts['error']}")
+        for row in floor.rows:
+            self.outside_note(row)
             self.say(_cell_line(row, {}))
             self.rows.append(row)
         if self.config.opprofile:
             self.progress.update(self.task, description=f"{runtime}: operator profile")
-            missing = run_opprofile(runtime, self.config, self.run_dir)
-            if missing:
-                self.notes.append(missing)
-                self.say(f"[yellow]{missing}")
+            self.remark(run_opprofile(runtime, self.config, self.run_dir))
+        self.progress.update(self.task, description=f"{runtime}: executed graph")
+        self.remark(run_graphs(runtime, self.config, self.run_dir))
         self.progress.advance(self.task, self.config.grid.floor_cells_per_runtime)
 
     def start_server(self, runtime: str, info: RuntimeInfo, sampler: CpuSampler) -> Any:
@@ -180,7 +200,10 @@ class _Sweep:
                 self.note(why)
                 self.skip(cells[done:], why)
                 return
+            busy = cpu_busy()
             outcome = run_cell(cell, self.config, target, self.run_dir, sampler)
+            outcome.row = self.server_threads(cell, outcome.row, busy_between(busy, cpu_busy()))
+            self.outside_note(outcome.row)
             self.rows.append(outcome.row)
             self.cells.append(outcome.details)
             if outcome.samples:
@@ -190,6 +213,26 @@ class _Sweep:
                 if "saturated" not in note:
                     self.say(f"  [yellow]{note}")
             self.progress.advance(self.task)
+
+    def outside_note(self, row: Row) -> None:
+        """A note for a measurement whose threads may leave the CPU set (``threads.json``)."""
+        if THREADS_OUTSIDE in row["flags"].split(";"):
+            key = CellKey.from_row(row)
+            self.note(
+                f"{key.runtime} {key.mode} {key.model} b{key.batch_size} c{key.concurrency} "
+                f"r{key.repeat}: {row['threads_outside']} of {row['threads']} threads may run "
+                "outside the CPU set the process was given (threads.json)"
+            )
+
+    def server_threads(self, cell: CellKey, row: Row, busy: str) -> Row:
+        """``row`` with the server's threads, CPU and memory after the cell (recorded in
+        ``threads.json`` too); unchanged but for ``cpu_busy_s`` when no server pid is known."""
+        if self.server_pid is None:
+            return with_threads(row, None, busy)
+        given = self.config.server_cpus or tuple(usable_cpus())
+        record = process_threads(self.server_pid, given)
+        self.threads.append(threads_record(cell, record, busy))
+        return with_threads(row, record, busy)
 
     def measure_served(self, runtime: str, info: RuntimeInfo, sampler: CpuSampler) -> None:
         """Every served cell of ``runtime``, on a started server or on ``--target``."""
@@ -202,14 +245,17 @@ class _Sweep:
                 self.skip(cells, "server did not start")
                 return
             target = Target(grpc=server.grpc_target, rest_url=server.rest_url)
+            self.server_pid = server.process.pid
         else:
             target = config.target
+            self.server_pid = config.server_pid
             if config.server_pid:
                 sampler.track("server", config.server_pid)
         try:
             self.run_cells(cells, target, server, sampler)
         finally:
             sampler.untrack("server")
+            self.server_pid = None
             if server is not None:
                 self.progress.update(self.task, description=f"{runtime}: stopping server")
                 code = server.stop()
@@ -277,8 +323,10 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> Path:
     grid = config.grid
     run_dir = config.output / config.run_id
     run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "command.txt").write_text(shlex.join(config.command) + "\n")
-    (run_dir / "machine.json").write_text(json.dumps(_machine(config), indent=1) + "\n")
+    # Recorded without this machine's paths (results/README.md): relative to the repository,
+    # <tmp>/, <work>/, <home>/.
+    (run_dir / "command.txt").write_text(portable(shlex.join(config.command)) + "\n")
+    (run_dir / "machine.json").write_text(portable(json.dumps(_machine(config), indent=1)) + "\n")
     sweep = _Sweep(config, run_dir, _progress(console))
     in_process_steps = len(grid.runtimes) * grid.floor_cells_per_runtime if config.in_process else 0
     started = time.time()
@@ -295,8 +343,9 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> Path:
         sweep.progress.update(sweep.task, description="done")
     write_results(run_dir, sweep.rows)
     (run_dir / "run.json").write_text(
-        json.dumps(_run_meta(sweep, started), indent=1, default=str) + "\n"
+        portable(json.dumps(_run_meta(sweep, started), indent=1, default=str)) + "\n"
     )
+    (run_dir / THREADS_JSON).write_text(json.dumps(sweep.threads, indent=1) + "\n")
     write_ratios(run_dir)
     return run_dir
 

@@ -30,7 +30,7 @@ __all__ = [
 
 
 def load_runtime(kind: str, version_dir: Path, options: RuntimeOptions | None = None) -> Runtime:
-    """Load ``version_dir`` with the runtime ``kind`` (``onnx``, ``tensorflow`` or ``torch``)."""
+    """Load ``version_dir`` with the runtime ``kind`` (one of ``RUNTIME_KINDS``)."""
     options = options or RuntimeOptions()
     if kind == "onnx":
         from serving.runtimes.onnx import OnnxRuntime
@@ -48,4 +48,20 @@ def load_runtime(kind: str, version_dir: Path, options: RuntimeOptions | None = 
                 f"the torch runtime needs PyTorch and onnx2torch (pip install .[torch]): {exc}"
             ) from exc
         return TorchRuntime(version_dir, options)
+    if kind == "openvino":
+        try:
+            from serving.runtimes.openvino import OpenVinoRuntime
+        except ImportError as exc:
+            raise RuntimeLoadError(
+                f"the openvino runtime needs OpenVINO (pip install .[openvino]): {exc}"
+            ) from exc
+        return OpenVinoRuntime(version_dir, options)
+    if kind == "litert":
+        try:
+            from serving.runtimes.litert import LiteRtRuntime
+        except ImportError as exc:
+            raise RuntimeLoadError(
+                f"the litert runtime needs ai-edge-litert (pip install .[litert]): {exc}"
+            ) from exc
+        return LiteRtRuntime(version_dir, options)
     raise RuntimeLoadError(f"unknown runtime {kind!r}; expected one of {RUNTIME_KINDS}")

@@ -17,6 +17,7 @@ Compiled with every setting that changes answers or placement spelled out:
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,12 @@ from serving.runtimes.base import (
 from serving.runtimes.cpuset import threads_or_cpu_count
 
 PRECISIONS: dict[str, str] = {"f32": "f32", "bf16": "bf16"}
+# One model loads at a time. The server loads a configuration's models on two loader threads at
+# once; once (a sweep's server pinned to one CPU, machine load ~10, OpenVINO 2026.4) both hung
+# for good inside ``port.get_element_type().to_dtype()`` (py-spy: both threads idle in ``_spec``,
+# futex waits) and the server never finished starting. Not reproduced in 5 starts since, with or
+# without this lock; the lock rules out that state for the price of loading models one by one.
+_LOADING = threading.Lock()
 
 
 def compile_config(threads: int, streams: int, precision: str, perf_count: bool) -> dict[str, Any]:
@@ -80,12 +87,13 @@ class OpenVinoRuntime(Runtime):
         self.threads = threads_or_cpu_count(options.intra_op_threads)
         self.streams = options.inter_op_threads or 1
         config = compile_config(self.threads, self.streams, precision, perf_count)
-        try:
-            self._compiled = ov.Core().compile_model(str(path), "CPU", config)
-        except Exception as exc:
-            raise RuntimeLoadError(f"OpenVINO cannot load {path}: {exc}") from exc
-        inputs = {port.get_any_name(): _spec(port) for port in self._compiled.inputs}
-        outputs = {port.get_any_name(): _spec(port) for port in self._compiled.outputs}
+        with _LOADING:
+            try:
+                self._compiled = ov.Core().compile_model(str(path), "CPU", config)
+            except Exception as exc:
+                raise RuntimeLoadError(f"OpenVINO cannot load {path}: {exc}") from exc
+            inputs = {port.get_any_name(): _spec(port) for port in self._compiled.inputs}
+            outputs = {port.get_any_name(): _spec(port) for port in self._compiled.outputs}
         # One graph, as in ONNX: it stands for the SavedModel's serving_default signature.
         self._signature = Signature(SIGNATURE_NAME, inputs, outputs)
         self._signatures = {SIGNATURE_NAME: self._signature}
