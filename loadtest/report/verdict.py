@@ -17,6 +17,7 @@ from loadtest.report.analysis import (
     FLAG_NO_DIFFERENCE,
     FLAG_SATURATED,
     FLAG_SINGLE,
+    FLAG_VIEWS,
     RatioRow,
     Speedup,
     fmt_interval,
@@ -83,9 +84,8 @@ def _measured_sentences(measured: Sequence[tuple[str, RatioRow]]) -> list[str]:
     single = [label for label, row in measured if FLAG_SINGLE in row["flag"]]
     if single:
         sentences.append(
-            f"{len(single)} of these {len(measured)} ratios come from a single measurement "
-            "without throughput samples, so they carry no interval and no difference can be "
-            f"called measurable there ({_listed(single, 2)})."
+            f"{len(single)} of these {len(measured)} ratios come from one run, so they carry no "
+            f"interval and no difference can be called measurable there ({_listed(single, 2)})."
         )
     suspect = [
         f"{label} ({fmt_interval(row)})"
@@ -190,13 +190,19 @@ def _breakdown_sentence(items: Sequence[Breakdown]) -> list[str]:
         f"{worst.framework_ms:.3f} ms in the server's decode, queue and encode, "
         f"{worst.infer_ms:.3f} ms in inference."
     ]
-    off = [b for b in items if b.agrees is False]
-    if off:
-        sentences.append(
-            f"In {len(off)} served cell{'s' if len(off) > 1 else ''} the server's inference time "
-            f"disagrees with the in-process time beyond the interval (flagged in ratios.csv)."
-        )
     return sentences
+
+
+def _views_sentence(ratios: Sequence[RatioRow]) -> list[str]:
+    served = [r for r in ratios if r["mode"] == "served"]
+    off = [r for r in served if FLAG_VIEWS in r["flag"]]
+    if not off:
+        return []
+    return [
+        f"In {len(off)} of {len(served)} served cells the in-process floor, the server's "
+        "inference phase and the op-profile sum differ by more than 10% (flag [g]; the numbers "
+        "and reasons in ratios.csv)."
+    ]
 
 
 def verdict(
@@ -228,6 +234,7 @@ def verdict(
         sentences += _dense_sentence(runtime, profile)
         sentences += _call_overhead_sentence(runtime, profile)
     sentences += _breakdown_sentence(breakdown)
+    sentences += _views_sentence(ratios)
     saturated = sum(1 for r in ratios if FLAG_SATURATED in r["flag"])
     if saturated:
         sentences.append(
