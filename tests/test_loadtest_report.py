@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -602,3 +603,46 @@ def test_readme_headline_is_the_committed_grid():
     assert begin in readme and end in readme
     block = readme.split(begin, 1)[1].split(end, 1)[0]
     assert block.strip() == headline(root / "results" / "cpu-2core").strip()
+
+
+def test_first_table_kernels_and_served_floor_sections(tmp_path):
+    rows = _pairs("in-process", "none", [1000, 1010, 990], [1500, 1490, 1510], batch=256)
+    rows += _pairs("served", "grpc", [950, 940, 960], [1300, 1310, 1290], batch=256)
+    run = _run(tmp_path, rows, opprofile=OPPROFILE.replace(",32,", ",256,"))
+    text = report.render(tmp_path).read_text()
+    first = text.split("## Verdict")[1].split("## Method")[0]
+    # Batches 1 and 32 are not in this run: "—"; at 256 both ratios, their share of 3.93x and
+    # the layer kinds whose time exceeds the standard model's cost per multiply-add.
+    assert "| onnx/cpu | 1 | — | — | — / — | no op profile | — |" in first
+    assert "| onnx/cpu | 256 | 1.50x [" in first and "at 1 user | 38% / 35% |" in first
+    # Standard: 4.2 ms for 90,787,840 MACs; the separable model's 23,121,024 MACs would take
+    # 1.070 ms at that rate, it takes 1.35 ms: rest and pooling (no MACs) and depthwise
+    # (0.18 ms where 0.061 ms would do) keep the gap.
+    assert "1.350 ms vs 1.070 ms at the standard model's cost per MAC" in first
+    assert "excess ms: rest +0.180, pooling +0.140, depthwise +0.119 (7.3 GMAC/s)" in first
+    assert "| 256 | onnx/cpu (1,000 img/s) | onnx/cpu (1,500 img/s) |" in first
+    # No executed-graph.json and no server_rss_mb column in this run: said so, not guessed.
+    kernels = text.split("## Kernels")[1].split("##")[0]
+    assert "| onnx | not recorded in this run | 7.3 at batch 256 | not recorded in this run |" in (
+        kernels
+    )
+    floor = text.split("## Served vs in-process at batch 256")[1].split("##")[0]
+    assert "| onnx/cpu | standard | 1 | 950 | 1,000 | 0.95x | met | not recorded |" in floor
+    assert "| onnx/cpu | separable | 1 | 1,300 | 1,500 | 0.87x | not met | not recorded |" in floor
+    # With the sweep's files: what each convolution became, and the server's memory.
+    graph = {
+        "onnx": {
+            "separable": {
+                "nodes": [],
+                "summary": {"depthwise": "DepthwiseConv kernel", "pointwise": "fused Conv+Relu"},
+            }
+        }
+    }
+    (tmp_path / "executed-graph.json").write_text(json.dumps(graph))
+    shares = report.render(tmp_path).read_text().split("## Kernels")[1].split("##")[0]
+    assert "| onnx | DepthwiseConv kernel | 7.3 at batch 256 | fused Conv+Relu | 26.1 at" in shares
+    from loadtest.report.runtimes import served_floor_lines
+
+    with_rss: list[Any] = [{**r, "server_rss_mb": 131.6} for r in run.rows]  # the sweep's column
+    index = Index(with_rss)
+    assert any(line.endswith("| 132 MB |") for line in served_floor_lines(index))

@@ -9,13 +9,14 @@ says "not recorded in this run".
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from loadtest.cells import IN_PROCESS_PROTOCOL
 from loadtest.report.breakdown import KindShare
-from loadtest.report.data import SEPARABLE, STANDARD, Index, fmt_rate, num
+from loadtest.report.data import SEPARABLE, STANDARD, Index, Key, fmt_rate, num
 from loadtest.report.tables import md_table
 
 EXECUTED_GRAPH = "executed-graph.json"
@@ -63,16 +64,24 @@ def kernel_lines(
     return md_table(header, body, "llrlrl")
 
 
-def _rss(row: Mapping[str, Any] | None) -> str:
-    value = num(row.get("server_rss_mb")) if row else None
-    return "not recorded" if value is None else f"{value:,.0f} MB"
+def _rss(index: Index, key: Key | None) -> str:
+    """The server's resident memory after a cell (``server_rss_mb``, median over repetitions),
+    read from the raw rows so that a column the sweep adds later is found as it appears."""
+    rows = index.repetitions.get(key, []) if key else []
+    values = [
+        v
+        for v in (num(cast(Mapping[str, Any], r).get("server_rss_mb")) for r in rows)
+        if v is not None
+    ]
+    return f"{statistics.median(values):,.0f} MB" if values else "not recorded"
 
 
 def _served_floor_row(index: Index, group: tuple[str, str], model: str) -> list[str] | None:
     levels = index.values(
         "concurrency", runtime=group[0], device=group[1], protocol="grpc", batch_size=TARGET_BATCH
     )
-    served = index.get(group, model, "grpc", TARGET_BATCH, levels[-1]) if levels else None
+    served_key = index.key(group, model, "grpc", TARGET_BATCH, levels[-1]) if levels else None
+    served = index.by_key(served_key) if served_key else None
     floor = index.get(group, model, IN_PROCESS_PROTOCOL, TARGET_BATCH, 1)
     if served is None and floor is None:
         return None
@@ -88,7 +97,7 @@ def _served_floor_row(index: Index, group: tuple[str, str], model: str) -> list[
         fmt_rate(floor_ips),
         "—" if ratio is None else f"{ratio:.2f}x",
         met,
-        _rss(cast(Mapping[str, Any], served) if served else None),
+        _rss(index, served_key),
     ]
 
 
