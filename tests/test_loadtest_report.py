@@ -621,6 +621,12 @@ def test_first_table_kernels_and_served_floor_sections(tmp_path):
     assert "1.350 ms vs 1.070 ms at the standard model's cost per MAC" in first
     assert "excess ms: rest +0.180, pooling +0.140, depthwise +0.119 (7.3 GMAC/s)" in first
     assert "| 256 | onnx/cpu (1,000 img/s) | onnx/cpu (1,500 img/s) |" in first
+    # The verdict says the same from the same numbers.
+    assert (
+        "is 38% of 3.93x: there the separable model takes 1.350 ms per call where its "
+        "multiply-adds at the standard model's cost would take 1.070 ms (excess ms per call, "
+        "largest first: rest +0.180, pooling +0.140 and depthwise +0.119 (7.3 GMAC/s)" in first
+    )
     # No executed-graph.json and no server_rss_mb column in this run: said so, not guessed.
     kernels = text.split("## Kernels")[1].split("##")[0]
     assert "| onnx | not recorded in this run | 7.3 at batch 256 | not recorded in this run |" in (

@@ -39,27 +39,43 @@ def _row_at(
     return min(mine, key=lambda r: r["concurrency"], default=None)
 
 
-def gap_reason(shares: Sequence[KindShare], batch: int) -> str:
-    """Which layer kinds keep the separable model from the MACs ratio at ``batch`` (the module's
-    decomposition), from the operator profile; ``no op profile`` without one."""
+def gap_excess(
+    shares: Sequence[KindShare], batch: int
+) -> tuple[float, float, list[tuple[float, KindShare]]] | None:
+    """(separable ms, the ms its MACs would take at the standard model's cost per MAC, each
+    kind's excess ms largest first) at ``batch`` (the module's decomposition); ``None`` without
+    a profile of both models there."""
     std = [s for s in shares if (s.model, s.batch_size) == (STANDARD, batch)]
     sep = [s for s in shares if (s.model, s.batch_size) == (SEPARABLE, batch)]
     std_ms, std_macs = sum(s.ms for s in std), sum(s.macs for s in std)
     if not sep or std_ms <= 0 or std_macs <= 0:
-        return "no op profile"
+        return None
     per_mac = std_ms / std_macs
-    sep_ms = sum(s.ms for s in sep)
     ideal = per_mac * sum(s.macs for s in sep)
     excess = sorted(((s.ms - per_mac * s.macs, s) for s in sep), key=lambda e: -e[0])
-    parts = [
+    return sum(s.ms for s in sep), ideal, [e for e in excess if e[0] > 0]
+
+
+def gap_kinds(excess: Sequence[tuple[float, KindShare]]) -> list[str]:
+    """``pooling +1.061`` … for the kinds that keep the gap most (with GMAC/s where they have
+    multiply-adds)."""
+    return [
         f"{s.kind} +{extra:.3f}"
         + (f" ({s.gmacs_per_s:.1f} GMAC/s)" if s.macs and s.gmacs_per_s else "")
         for extra, s in excess[:GAP_KINDS_SHOWN]
-        if extra > 0
     ]
+
+
+def gap_reason(shares: Sequence[KindShare], batch: int) -> str:
+    """Which layer kinds keep the separable model from the MACs ratio at ``batch``, from the
+    operator profile; ``no op profile`` without one."""
+    found = gap_excess(shares, batch)
+    if found is None:
+        return "no op profile"
+    sep_ms, ideal, excess = found
     return (
         f"{sep_ms:.3f} ms vs {ideal:.3f} ms at the standard model's cost per MAC; "
-        f"excess ms: {', '.join(parts) or 'none'}"
+        f"excess ms: {', '.join(gap_kinds(excess)) or 'none'}"
     )
 
 

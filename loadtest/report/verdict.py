@@ -25,6 +25,7 @@ from loadtest.report.analysis import (
 )
 from loadtest.report.breakdown import Breakdown, KindShare
 from loadtest.report.data import SEPARABLE, STANDARD, protocol_name
+from loadtest.report.gap import gap_excess, gap_kinds
 
 DEPTHWISE_SLOWER = 0.5  # depthwise reaching under half the standard conv's GMAC/s: memory-bound
 DENSE_SHARE = 0.25  # the dense layer taking at least this share of the separable model's time
@@ -205,6 +206,52 @@ def _views_sentence(ratios: Sequence[RatioRow]) -> list[str]:
     ]
 
 
+def _fastest_sentence(ratios: Sequence[RatioRow]) -> list[str]:
+    """Which runtime is fastest in-process for each model, batch by batch (two runtimes or
+    more)."""
+    rows = [r for r in ratios if r["mode"] == "in-process"]
+    if len({r["runtime"] for r in rows}) < 2:
+        return []
+    parts = []
+    for model in (STANDARD, SEPARABLE):
+        column = "standard_images_per_s" if model == STANDARD else "separable_images_per_s"
+        winners: dict[str, list[str]] = {}
+        for batch in sorted({r["batch_size"] for r in rows}):
+            mine = [r for r in rows if r["batch_size"] == batch and r[column]]  # type: ignore[literal-required]
+            best = max(mine, key=lambda r: r[column] or 0.0, default=None)  # type: ignore[literal-required]
+            if best is not None:
+                winners.setdefault(best["runtime"], []).append(str(best["batch_size"]))
+        parts += [f"{rt} for the {model} model at batch {_join(b)}" for rt, b in winners.items()]
+    return [f"In-process, the fastest runtime is {'; '.join(parts)}."]
+
+
+def _gap_sentences(
+    ratios: Sequence[RatioRow], shares: Mapping[str, Sequence[KindShare]], ratio: float
+) -> list[str]:
+    """Per runtime: how far its best in-process ratio stands from the MACs ratio and which layer
+    kinds the operator profile says keep the gap there."""
+    sentences = []
+    for runtime, profile in shares.items():
+        rows = [
+            r
+            for r in ratios
+            if r["runtime"] == runtime and r["mode"] == "in-process" and r["ratio_median"]
+        ]
+        best = max(rows, key=lambda r: r["ratio_median"] or 0.0, default=None)
+        found = gap_excess(profile, best["batch_size"]) if best else None
+        if best is None or found is None or not found[2]:
+            continue
+        sep_ms, ideal, excess = found
+        sentences.append(
+            f"On {runtime}, the best in-process ratio, {fmt_interval(best)} at batch "
+            f"{best['batch_size']}, is {(best['ratio_median'] or 0.0) / ratio:.0%} of "
+            f"{ratio:.2f}x: there the separable model takes {sep_ms:.3f} ms per call where its "
+            f"multiply-adds at the standard model's cost would take {ideal:.3f} ms (excess ms per "
+            f"call, largest first: {_join(gap_kinds(excess))}; opprofile.csv)."
+        )
+    return sentences
+
+
 def verdict(
     ratios: Sequence[RatioRow],
     costs: Mapping[str, Mapping[str, Any]],
@@ -228,6 +275,8 @@ def verdict(
         )
         return " ".join(sentences)
     sentences += _headline(measured, ratio)
+    sentences += _fastest_sentence(ratios)
+    sentences += _gap_sentences(ratios, shares or {}, ratio)
     sentences += _measured_sentences(measured)
     for runtime, profile in (shares or {}).items():
         sentences += _depthwise_sentence(runtime, profile)
