@@ -72,6 +72,20 @@ class Agreement:
             text += f"; op profile's largest parts: {listed}"
         return text
 
+    def short(self) -> str:
+        """``ok``, or ``[g] server infer +89% (1.8 in flight), op profile +145%`` for a table (the
+        full reason goes to ratios.csv)."""
+        off = self._off()
+        if not off:
+            return "ok"
+        parts = []
+        for name, _, delta in off:
+            extra = ""
+            if name == "server infer" and self.in_flight is not None:
+                extra = f" ({self.in_flight:.1f} in flight)"
+            parts.append(f"{name} {delta:+.0%}{extra}")
+        return "[g] " + ", ".join(parts)
+
     def cells(self) -> list[str]:
         """floor, server infer, op profile (``—`` when absent)."""
         return [

@@ -317,14 +317,20 @@ def agreement_lines(index: Index, opprofile: Sequence[Any]) -> list[str]:
                 str(key.batch_size),
                 str(key.concurrency),
                 *found.cells(),
-                "ok" if found.ok else "[g] " + found.reason().split(": ", 1)[1],
+                found.short(),
             ]
         )
     if not body:
         return ["(no served cell with an in-process floor and a second view in this run)"]
     header = ["runtime", "model", "protocol", "batch", "users", "floor ms", "server infer ms"]
-    header += ["op profile ms", "within 10%"]
-    return md_table(header, body, "lllrrrrrl")
+    header += ["op profile ms", "within 10% of the floor"]
+    legend = [
+        "",
+        "[g]: each view beyond 10% of the floor and by how much; in flight = server infer ms × "
+        "requests/s, the inferences running at once on average. The full reasons are in "
+        "ratios.csv's flag column.",
+    ]
+    return md_table(header, body, "lllrrrrrl") + legend
 
 
 def profile_lines(by_runtime: Mapping[str, Sequence[KindShare]]) -> list[str]:
