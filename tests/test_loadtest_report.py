@@ -398,6 +398,12 @@ def test_server_breakdown_and_inference_check(tmp_path):
         in table
     )
     assert "⚠" in table
+    views = text.split("## Three views of inference time")[1].split("##")[0]
+    assert "| onnx/cpu | standard | gRPC | 32 | 1 | 10.000 | 10.200 | — | ok |" in views
+    assert (
+        "| onnx/cpu | separable | gRPC | 32 | 1 | 6.667 | 10.200 | — | [g] server infer +53% "
+        "(0.6 in flight) |" in views
+    )
     assert_non_blank_png(tmp_path / "plots" / "server_breakdown.png")
     assert "outside the model" in text.split("## Method")[0]
 
