@@ -237,3 +237,15 @@ def test_sweep_starts_the_server_and_writes_the_report(model_repository, tmp_pat
     assert "python -m loadtest" in (run_dir / "command.txt").read_text()
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["runtimes"][0]["server_exit_code"] == 0  # SIGTERM drained cleanly
+    # ratios.csv: exactly one row per cell (CellKey less model and repeat).
+    with open(run_dir / "ratios.csv", newline="") as handle:
+        ratios = list(csv.DictReader(handle))
+    cells = [
+        (r["runtime"], r["device"], r["mode"], r["protocol"], r["batch_size"], r["concurrency"])
+        for r in ratios
+    ]
+    assert sorted(cells) == [
+        ("onnx", "cpu", "in-process", "none", "4", "1"),
+        ("onnx", "cpu", "served", "grpc", "4", "1"),
+    ]
+    assert all(r["ratio_low"] == "" and r["flag"].startswith("1 run") for r in ratios)

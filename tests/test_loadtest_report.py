@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -23,10 +24,13 @@ from loadtest.report.analysis import (
     RATIO_COLUMNS,
     Measurement,
     compute_ratios,
+    flag_codes,
+    flag_legend,
+    fmt_interval,
     ratio_interval,
     stable,
 )
-from loadtest.report.data import Index, load_run
+from loadtest.report.data import Index, complete_windows, load_run
 from loadtest.run.opprofile import GraphCosts, conv_kind
 from loadtest.run.phases import parse_phase_totals, phase_means
 
@@ -127,14 +131,19 @@ def test_committed_single_run_grid_still_renders(tmp_path):
             (r["runtime"], r["protocol"], r["batch_size"], r["concurrency"]): r
             for r in csv.DictReader(handle)
         }
-    # Its Locust histories give served cells an interval even without repetitions; the
-    # in-process rows (no samples then) have none.
-    assert ratios[("onnx", "grpc", "32", "1")]["ratio_low"] != ""
-    assert FLAG_SINGLE in ratios[("onnx", "none", "32", "1")]["flag"]
+    # One run per cell: the value and "1 run", no interval, served or in-process (the seconds of
+    # one run do not say how a second run would differ).
+    for cell in (("onnx", "grpc", "32", "1"), ("onnx", "none", "32", "1")):
+        assert ratios[cell]["ratio_low"] == ratios[cell]["ratio_high"] == ""
+        assert FLAG_SINGLE in ratios[cell]["flag"]
+    assert re.search(
+        r"\| onnx/cpu \| gRPC \| 32 \| 1 \| 1 \| [0-9,.]+ \| [0-9,.]+ \| 2\.39x \(1 run\)", text
+    )
+    assert "[b] 1 run: the value without an interval" in text
     # The README's old headline cell: separable 2.39x over gRPC at batch 32 against 1.52x
-    # in-process is interference, not a result.
+    # in-process (beyond a single run's ±10 %) is interference, not a result.
     assert FLAG_INTERFERENCE in ratios[("onnx", "grpc", "32", "1")]["flag"]
-    assert "2.39x" not in text.split("## Verdict")[1].split("suspect")[0]
+    assert "The largest measured speedup is 2.39x" not in text
     # A cell where no request completed shows no accuracy.
     rest = [
         line for line in text.splitlines() if line.startswith("| separable | REST | 256 | 32 |")
@@ -154,12 +163,16 @@ def test_committed_full_grid_renders_with_every_cell_measured(tmp_path):
         ignore=shutil.ignore_patterns("single-run-grid-*", "pinning-*", "training", "data-plane-*"),
     )
     text = report.render(target).read_text()
-    # --headline prints report.md's own verdict and FLOPs table, not a second account of them.
-    verdict_text, table = report.headline(target).split("\n\n", 1)
-    assert f"## Verdict\n\n{verdict_text}\n" in text and table in text
+    # --headline prints report.md's own first table and verdict, not a second account of them.
+    assert f"## Verdict\n\n{report.headline(target)}\n\n## Method" in text
     with open(target / "ratios.csv", newline="") as handle:
         ratios = list(csv.DictReader(handle))
     assert len(ratios) == 42  # 2 runtimes x (3 in-process + 2 protocols x 3 batches x 3 users)
+    cells = [
+        (r["runtime"], r["device"], r["mode"], r["protocol"], r["batch_size"], r["concurrency"])
+        for r in ratios
+    ]
+    assert len(set(cells)) == len(cells)  # one row per cell
     assert all(r["repeats"] == "3" and r["ratio_low"] and r["ratio_high"] for r in ratios)
     assert not any(FLAG_SINGLE in r["flag"] or FLAG_NO_REQUEST in r["flag"] for r in ratios)
     headline = text.split("## Verdict")[1].split("The largest measured speedup is ")[1]
@@ -321,13 +334,48 @@ def test_a_cell_without_completed_requests_has_no_ratio_and_no_accuracy(tmp_path
     assert "0.9800" in text  # the in-process rows keep theirs
 
 
-def test_samples_narrow_a_single_measurement_into_an_interval(tmp_path):
+def test_one_run_prints_its_value_and_1_run_even_with_samples(tmp_path):
     rows = _pairs("in-process", "none", [1000], [1500])
     keys = {r["model"]: sample_key(r) for r in rows}
     samples = {keys["standard"]: [990, 1010, 1000, 1000], keys["separable"]: [1490, 1510, 1500]}
     (ratio,) = compute_ratios(_run(tmp_path, rows, samples))
-    assert FLAG_SINGLE not in ratio["flag"]
-    assert 1.45 < (ratio["ratio_low"] or 0) < 1.5 < (ratio["ratio_high"] or 0) < 1.55
+    assert FLAG_SINGLE in ratio["flag"]
+    assert ratio["ratio_median"] == 1.5 and ratio["ratio_low"] is None is ratio["ratio_high"]
+    assert fmt_interval(ratio) == "1.50x (1 run)"
+    text = report.render(tmp_path).read_text()
+    table = text.split("## Ratios per cell")[1].split("##")[0]
+    assert "| 1.50x (1 run) | [b] |" in table and "single" not in table
+    assert "\nFlags: [b] 1 run: the value without an interval.\n" in table
+    with open(tmp_path / "ratios.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["flag"] == FLAG_SINGLE and row["ratio_low"] == row["ratio_high"] == ""
+
+
+def test_window_rule_keeps_complete_equal_windows_only():
+    # Locust's history: (timestamp, cumulative count); the window runs from 100.4 to 107.6.
+    points = [(99, 0), (100, 0), (101, 40), (102, 140), (103, 240), (105, 440), (106, 540)]
+    points += [(107, 640), (108, 650), (109, 650)]
+    # Windows: 100-101 (first: partial), 101-102, 102-103, 103-105 (2 s: a missed write),
+    # 105-106, 106-107, 107-108 (last: the stop falls inside it).
+    assert complete_windows(points, 100.4, 107.6, batch_size=2) == [200.0, 200.0, 200.0, 200.0]
+    # A count that drops (the statistics reset after the warm-up) is no window.
+    reset = [(100, 500), (101, 0), (102, 100), (103, 200), (104, 300), (105, 400)]
+    assert complete_windows(reset, 100.4, 104.6, batch_size=1) == [100.0, 100.0]
+    # Distributed runs move in 3 s steps.
+    steps = [(t, 30 * t) for t in range(100, 113)]
+    assert complete_windows(steps, 100, 112, batch_size=1, step=3) == [30.0, 30.0]
+
+
+def test_ratio_intervals_need_two_runs_and_flags_show_as_codes(tmp_path):
+    rows = _pairs("in-process", "none", [1000, 1010, 990], [1500, 1490, 1510])
+    rows += _pairs("served", "grpc", [300], [400])
+    ratios = {r["mode"]: r for r in compute_ratios(_run(tmp_path, rows))}
+    assert ratios["in-process"]["ratio_low"] is not None
+    assert fmt_interval(ratios["served"]) == "1.33x (1 run)"
+    assert flag_codes(ratios["served"]["flag"]) == "[b]"
+    assert flag_codes("") == "—"
+    assert flag_codes(f"{FLAG_NO_DIFFERENCE}; {FLAG_SINGLE}") == "[b][c]"
+    assert flag_legend([FLAG_SINGLE]) == ["", "Flags: [b] 1 run: the value without an interval."]
 
 
 def test_server_breakdown_and_inference_check(tmp_path):
@@ -336,9 +384,13 @@ def test_server_breakdown_and_inference_check(tmp_path):
     rows += _pairs("served", "grpc", [1600, 1600], [2000, 2000], server_infer_ms=10.2, **phases)
     run = _run(tmp_path, rows)
     flags = {r["mode"]: r["flag"] for r in compute_ratios(run)}
-    # standard: 10.2 ms served vs 10 ms in-process agree; separable: 10.2 vs 6.67 do not.
-    assert "server inference differs from in-process (separable" in flags["served"]
-    assert "(standard" not in flags["served"]
+    # standard: 10.2 ms served vs 10 ms in-process agree; separable: 10.2 vs 6.67 do not, and
+    # the flag says by how much and which way, from the numbers.
+    assert (
+        "views disagree (separable: floor 6.667 ms vs server infer 10.200 ms (+53%): server "
+        "infer slower than the floor; 0.6 inferences in flight on average" in flags["served"]
+    )
+    assert "standard:" not in flags["served"]
     text = report.render(tmp_path).read_text()
     table = text.split("## Server breakdown")[1].split("##")[0]
     # standard: 20 ms client mean = 9.5 client + transport + 0.3 framework + 10.2 inference.
@@ -347,6 +399,12 @@ def test_server_breakdown_and_inference_check(tmp_path):
         in table
     )
     assert "⚠" in table
+    views = text.split("## Three views of inference time")[1].split("##")[0]
+    assert "| onnx/cpu | standard | gRPC | 32 | 1 | 10.000 | 10.200 | — | ok |" in views
+    assert (
+        "| onnx/cpu | separable | gRPC | 32 | 1 | 6.667 | 10.200 | — | [g] server infer +53% "
+        "(0.6 in flight) |" in views
+    )
     assert_non_blank_png(tmp_path / "plots" / "server_breakdown.png")
     assert "outside the model" in text.split("## Method")[0]
 
@@ -552,3 +610,52 @@ def test_readme_headline_is_the_committed_grid():
     assert begin in readme and end in readme
     block = readme.split(begin, 1)[1].split(end, 1)[0]
     assert block.strip() == headline(root / "results" / "cpu-2core").strip()
+
+
+def test_first_table_kernels_and_served_floor_sections(tmp_path):
+    rows = _pairs("in-process", "none", [1000, 1010, 990], [1500, 1490, 1510], batch=256)
+    rows += _pairs("served", "grpc", [950, 940, 960], [1300, 1310, 1290], batch=256)
+    run = _run(tmp_path, rows, opprofile=OPPROFILE.replace(",32,", ",256,"))
+    text = report.render(tmp_path).read_text()
+    first = text.split("## Verdict")[1].split("## Method")[0]
+    # Batches 1 and 32 are not in this run: "—"; at 256 both ratios, their share of 3.93x and
+    # the layer kinds whose time exceeds the standard model's cost per multiply-add.
+    assert "| onnx/cpu | 1 | — | — | — / — | no op profile | — |" in first
+    assert "| onnx/cpu | 256 | 1.50x [" in first and "at 1 user | 38% / 35% |" in first
+    # Standard: 4.2 ms for 90,787,840 MACs; the separable model's 23,121,024 MACs would take
+    # 1.070 ms at that rate, it takes 1.35 ms: rest and pooling (no MACs) and depthwise
+    # (0.18 ms where 0.061 ms would do) keep the gap.
+    assert "1.350 ms vs 1.070 ms at the standard model's cost per MAC" in first
+    assert "excess ms: rest +0.180, pooling +0.140, depthwise +0.119 (7.3 GMAC/s)" in first
+    assert "| 256 | onnx/cpu (1,000 img/s) | onnx/cpu (1,500 img/s) |" in first
+    # The verdict says the same from the same numbers.
+    assert (
+        "is 38% of 3.93x: there the separable model takes 1.350 ms per call where its "
+        "multiply-adds at the standard model's cost would take 1.070 ms (excess ms per call, "
+        "largest first: rest +0.180, pooling +0.140 and depthwise +0.119 (7.3 GMAC/s)" in first
+    )
+    # No executed-graph.json and no server_rss_mb column in this run: said so, not guessed.
+    kernels = text.split("## Kernels")[1].split("##")[0]
+    assert "| onnx | not recorded in this run | 7.3 at batch 256 | not recorded in this run |" in (
+        kernels
+    )
+    floor = text.split("## Served vs in-process at batch 256")[1].split("##")[0]
+    assert "| onnx/cpu | standard | 1 | 950 | 1,000 | 0.95x | met | not recorded |" in floor
+    assert "| onnx/cpu | separable | 1 | 1,300 | 1,500 | 0.87x | not met | not recorded |" in floor
+    # With the sweep's files: what each convolution became, and the server's memory.
+    graph = {
+        "onnx": {
+            "separable": {
+                "nodes": [],
+                "summary": {"depthwise": "DepthwiseConv kernel", "pointwise": "fused Conv+Relu"},
+            }
+        }
+    }
+    (tmp_path / "executed-graph.json").write_text(json.dumps(graph))
+    shares = report.render(tmp_path).read_text().split("## Kernels")[1].split("##")[0]
+    assert "| onnx | DepthwiseConv kernel | 7.3 at batch 256 | fused Conv+Relu | 26.1 at" in shares
+    from loadtest.report.runtimes import served_floor_lines
+
+    with_rss: list[Any] = [{**r, "server_rss_mb": 131.6} for r in run.rows]  # the sweep's column
+    index = Index(with_rss)
+    assert any(line.endswith("| 132 MB |") for line in served_floor_lines(index))

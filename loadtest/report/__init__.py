@@ -6,8 +6,13 @@ results.
 ``machine.json`` and ``opprofile.csv``. ``python -m loadtest.report --compare RUN_A RUN_B``
 writes a side-by-side comparison.
 
-Modules by job: :mod:`.data` (reading a run, combining repetitions), :mod:`.analysis` (ratios
-with intervals, overhead, the server's breakdown, the operator profile), :mod:`.verdict`,
+Modules by job: :mod:`.data` (reading a run, combining repetitions, the window rule of the
+throughput samples), :mod:`.analysis` (ratios with intervals and flag codes), :mod:`.agreement`
+(the in-process floor, the server's inference phase and the op-profile sum per served cell),
+:mod:`.breakdown` (overhead, the server's phases, the operator profile by layer kind),
+:mod:`.gap` (the first table: ratios at batch 1, 32, 256 against the MACs ratio and the layer
+kinds that keep the gap; the fastest runtimes), :mod:`.runtimes` (kernels as executed, served vs
+in-process at batch 256 with the server's memory), :mod:`.verdict`, :mod:`.tables`,
 :mod:`.plots`, :mod:`.rendering` (report.md and the terminal summary) and :mod:`.compare`.
 """
 

@@ -1,17 +1,22 @@
 """Numbers derived from a run: separable ÷ standard ratios with intervals, their flags, and the
 speedup table (where the time goes is :mod:`loadtest.report.breakdown`).
 
-Ratios (``ratios.csv``) are of images per second, separable ÷ standard, so above 1 the
-separable model is faster. Per cell and mode:
+Ratios (``ratios.csv``, exactly one row per cell: runtime, device, mode, protocol, batch size,
+concurrency) are of images per second, separable ÷ standard, so above 1 the separable model is
+faster. Per cell and mode:
 
 - ``ratio_median`` is the median over repetitions of the paired ratio (repetition r of one
   model against repetition r of the other; they ran back to back, A B B A …).
 - ``ratio_low`` … ``ratio_high`` is a 95 % percentile-bootstrap interval (2,000 resamples, fixed
-  seed): each resample draws the repetitions of each model with replacement and, within each
-  drawn repetition, its per-second throughput samples (Locust's once-a-second history for served
-  cells, ten equal slices of the window in-process) with replacement; the model's throughput is
-  the mean over drawn repetitions and the ratio that of the two. With one repetition and no
-  samples there is no interval (low = high = median, flag ``single measurement``).
+  seed), only when both models were measured at least twice: each resample draws the repetitions
+  of each model with replacement and, within each drawn repetition, its throughput samples with
+  replacement. The samples are complete, equal windows only (the window rule of
+  :mod:`loadtest.report.data`: Locust's whole seconds inside the measurement, the partial first
+  and last dropped; in-process, ten equal slices of the window). With one repetition there is no
+  interval: the value is printed with ``(1 run)`` and low and high are empty (flag
+  ``1 run``), since seconds of one run do not say how a second run would differ.
+- ``flag`` holds each flag's full text (the measured numbers included); report.md's tables show
+  only its code (:data:`FLAG_CODES`) with a legend under the table.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ import numpy as np
 
 from loadtest.cells import (
     IN_PROCESS,
-    SERVED,
     CellKey,
     Row,
     sample_key,
 )
+from loadtest.report.agreement import agreement
 from loadtest.report.data import (
     SEPARABLE,
     STANDARD,
@@ -44,21 +49,56 @@ from loadtest.report.data import (
     num,
     saturated_cells,
 )
+from loadtest.run.opprofile import OpRow
 
 RATIOS_CSV = "ratios.csv"
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 STABLE_WITHIN = 0.10  # perf_analyzer's default stability tolerance: ±10 %
 STABLE_WINDOW = 3  # … over three consecutive measurements
-INFER_TOLERANCE = 0.10  # served inference vs in-process call time: intervals widened by 10 %
 
 FLAG_NO_REQUEST = "no completed request"
-FLAG_SINGLE = "single measurement"
+FLAG_SINGLE = "1 run"
 FLAG_NO_DIFFERENCE = "no measurable difference"
 FLAG_INTERFERENCE = "suspect: interference"
 FLAG_UNSTABLE = "unstable"
 FLAG_SATURATED = "generator saturated"
-FLAG_INFER = "server inference differs from in-process"
+FLAG_VIEWS = "views disagree"
+
+# Short codes for report.md's tables, with a legend under each table; ratios.csv keeps the text.
+FLAG_CODES: dict[str, tuple[str, str]] = {
+    FLAG_NO_REQUEST: ("a", "no completed request"),
+    FLAG_SINGLE: ("b", "1 run: the value without an interval"),
+    FLAG_NO_DIFFERENCE: ("c", "no measurable difference: the interval contains 1"),
+    FLAG_INTERFERENCE: ("d", "suspect interference: served ratio above the in-process interval"),
+    FLAG_UNSTABLE: ("e", "unstable: no three repetitions within ±10% of their mean"),
+    FLAG_SATURATED: ("f", "the load generator was saturated"),
+    FLAG_VIEWS: (
+        "g",
+        "in-process floor, server inference and op-profile sum differ by more than 10% "
+        "(the numbers in ratios.csv)",
+    ),
+}
+
+
+def flag_codes(flag: str) -> str:
+    """``[b][g]`` for a ratios.csv flag text (``—`` when none)."""
+    codes = sorted(
+        {
+            code
+            for text, (code, _) in FLAG_CODES.items()
+            for part in flag.split("; ")
+            if part.startswith(text)
+        }
+    )
+    return "".join(f"[{c}]" for c in codes) or "—"
+
+
+def flag_legend(flags: Sequence[str]) -> list[str]:
+    """The footnote under a table: each code used in ``flags`` and what it means."""
+    used = "".join(flag_codes(f) for f in flags)
+    items = [f"[{code}] {text}" for code, text in FLAG_CODES.values() if f"[{code}]" in used]
+    return ["", "Flags: " + "; ".join(items) + "."] if items else []
 
 
 class RatioRow(TypedDict):
@@ -122,14 +162,13 @@ def ratio_interval(
     standard: Sequence[Measurement], separable: Sequence[Measurement], seed: int = 0
 ) -> tuple[float, float, float, bool] | None:
     """(median, low, high, has_interval) of separable ÷ standard images/s; ``None`` when either
-    model completed no request."""
+    model completed no request. No interval (low = high = median) unless both models have at
+    least two repetitions."""
     if not standard or not separable or min(m.value for m in [*standard, *separable]) <= 0:
         return None
     pairs = [s.value / t.value for t, s in zip(standard, separable, strict=False)]
     median = statistics.median(pairs)
-    varies = len(standard) > 1 or len(separable) > 1
-    varies = varies or any(len(m.samples) >= 2 for m in [*standard, *separable])
-    if not varies:
+    if len(standard) < 2 or len(separable) < 2:
         return median, median, median, False
     rng = np.random.default_rng(seed)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -158,42 +197,14 @@ def stable(values: Sequence[float]) -> bool | None:
     return False
 
 
-def interval_agrees(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    (a_low, a_high), (b_low, b_high) = a, b
-    tolerance = INFER_TOLERANCE
-    return a_low * (1 - tolerance) <= b_high * (1 + tolerance) and b_low * (
-        1 - tolerance
-    ) <= a_high * (1 + tolerance)
-
-
-def infer_check(index: Index, key: Key) -> tuple[float, float, float, float] | None:
-    """(served inference ms low, high, in-process p50 ms low, high) of a served cell at one
-    user, over repetitions; ``None`` when either is missing.
-
-    The in-process p50 times ``Runtime.predict`` alone, the same call the server's ``infer``
-    phase times (its mean per request); the harness around it (batch slicing, the accuracy
-    check) is not in either.
-    """
-    if key.mode != SERVED or key.concurrency != 1:
-        return None
-    served = index.spread(key, "server_infer_ms")
-    in_process_key = CellKey.in_process(key.runtime, key.device, key.model, key.batch_size)
-    calls = index.spread(in_process_key, "p50_ms")
-    if served is None or calls is None:
-        return None
-    return served[0], served[1], calls[0], calls[1]
-
-
-def _infer_flags(index: Index, key: Key) -> list[str]:
-    flags = []
+def _agreement_flags(index: Index, key: Key, opprofile: Sequence[OpRow]) -> list[str]:
+    """The three-view flag of a served cell, with each disagreeing model's measured reason."""
+    reasons = []
     for model in (STANDARD, SEPARABLE):
-        check = infer_check(index, replace(key, model=model))
-        if check and not interval_agrees(check[:2], check[2:]):
-            flags.append(
-                f"{FLAG_INFER} ({model}: {check[0]:.3f}–{check[1]:.3f} ms vs "
-                f"{check[2]:.3f}–{check[3]:.3f} ms)"
-            )
-    return flags
+        found = agreement(index, replace(key, model=model), opprofile)
+        if found is not None and not found.ok:
+            reasons.append(found.reason())
+    return [f"{FLAG_VIEWS} ({'; '.join(reasons)})"] if reasons else []
 
 
 def _cell_flags(
@@ -237,11 +248,14 @@ def _interval_flags(
     in_process: dict[tuple[str, str, int], tuple[float, float]],
 ) -> list[str]:
     """Flags of a measured ratio interval; an in-process interval is remembered in
-    ``in_process`` for the served cells of the same (runtime, device, batch) that follow."""
-    _, low, high, has_interval = interval
+    ``in_process`` for the served cells of the same (runtime, device, batch) that follow. A
+    single run has no interval: for the interference check only, its value stands for a band
+    of ±10 % (perf_analyzer's stability tolerance)."""
+    median, low, high, has_interval = interval
     flags = []
     if not has_interval:
         flags.append(FLAG_SINGLE)
+        low, high = median * (1 - STABLE_WITHIN), median * (1 + STABLE_WITHIN)
     elif low <= 1.0 <= high:
         flags.append(FLAG_NO_DIFFERENCE)
     where = (cell.runtime, cell.device, cell.batch_size)
@@ -252,18 +266,25 @@ def _interval_flags(
     return flags
 
 
-def _ratio_row(
-    index: Index,
-    cell: CellKey,
-    samples: Mapping[str, list[float]],
-    saturated: set[str],
-    in_process: dict[tuple[str, str, int], tuple[float, float]],
-) -> RatioRow | None:
+@dataclass
+class _Context:
+    """What every cell's ratio reads: the run's rows, samples, saturated cells, operator profile,
+    and the in-process intervals met so far (for the served cells that follow)."""
+
+    index: Index
+    samples: Mapping[str, list[float]]
+    saturated: set[str]
+    opprofile: Sequence[OpRow]
+    in_process: dict[tuple[str, str, int], tuple[float, float]]
+
+
+def _ratio_row(ctx: _Context, cell: CellKey) -> RatioRow | None:
     """The ratio of ``cell`` (model left out), or ``None`` when a model was not measured."""
+    index = ctx.index
     keys = {m: replace(cell, model=m) for m in (STANDARD, SEPARABLE)}
     if not all(k in index.repetitions for k in keys.values()):
         return None
-    reps = {m: _repetitions(index, keys[m], samples) for m in keys}
+    reps = {m: _repetitions(index, keys[m], ctx.samples) for m in keys}
     combined = {m: index.by_key(k) for m, k in keys.items()}
     result = ratio_interval(reps[STANDARD], reps[SEPARABLE])
     flags: list[str] = []
@@ -271,10 +292,11 @@ def _ratio_row(
     if result is None or not all(completed(r) for r in combined.values()):
         flags.append(FLAG_NO_REQUEST)
     else:
-        median, low, high, _ = result
-        flags += _interval_flags(cell, result, in_process)
-    flags += _cell_flags(index, keys[STANDARD], reps, saturated)
-    flags += _infer_flags(index, keys[STANDARD])
+        median, low, high, has_interval = result
+        flags += _interval_flags(cell, result, ctx.in_process)
+        low, high = (low, high) if has_interval else (None, None)
+    flags += _cell_flags(index, keys[STANDARD], reps, ctx.saturated)
+    flags += _agreement_flags(index, keys[STANDARD], ctx.opprofile)
     return RatioRow(
         runtime=cell.runtime,
         device=cell.device,
@@ -295,11 +317,8 @@ def _ratio_row(
 def compute_ratios(run: Run) -> list[RatioRow]:
     """One :class:`RatioRow` per cell and mode with both models measured."""
     index = Index(run.rows)
-    saturated = saturated_cells(run.meta)
-    in_process: dict[tuple[str, str, int], tuple[float, float]] = {}
-    rows = [
-        _ratio_row(index, cell, run.samples, saturated, in_process) for cell in _ratio_cells(index)
-    ]
+    ctx = _Context(index, run.samples, saturated_cells(run.meta), run.opprofile, {})
+    rows = [_ratio_row(ctx, cell) for cell in _ratio_cells(index)]
     return [row for row in rows if row is not None]
 
 
@@ -374,14 +393,10 @@ def speedups(ratios: Sequence[RatioRow], macs_ratio: float) -> list[Speedup]:
 
 
 def fmt_interval(row: RatioRow | None) -> str:
-    """``1.62x [1.55–1.70]`` (``—`` when there is no ratio)."""
+    """``1.62x [1.55–1.70]``, ``1.06x (1 run)`` without an interval, ``—`` without a ratio."""
     if row is None or row["ratio_median"] is None:
         return "—"
     text = f"{row['ratio_median']:.2f}x"
-    if (
-        row["ratio_low"] is not None
-        and row["ratio_high"] is not None
-        and FLAG_SINGLE not in row["flag"]
-    ):
-        text += f" [{row['ratio_low']:.2f}–{row['ratio_high']:.2f}]"
-    return text
+    if row["ratio_low"] is None or row["ratio_high"] is None:
+        return text + " (1 run)"
+    return text + f" [{row['ratio_low']:.2f}–{row['ratio_high']:.2f}]"

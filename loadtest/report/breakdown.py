@@ -3,11 +3,13 @@ server's own per-phase breakdown, and the per-operator profile by layer kind."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from loadtest.cells import IN_PROCESS_PROTOCOL, SERVED, SERVER_PHASES, Row
-from loadtest.report.analysis import infer_check, interval_agrees
+from loadtest.report.agreement import Agreement, agreement
 from loadtest.report.data import SEPARABLE, STANDARD, Index, Run, completed, num, row_key
+from loadtest.run.opprofile import OpRow
 
 # --- serving overhead and the server's breakdown -------------------------------------------------
 
@@ -95,7 +97,7 @@ class Breakdown:
     queue_ms: float
     infer_ms: float
     encode_ms: float
-    check: tuple[float, float, float, float] | None
+    check: Agreement | None
 
     @property
     def framework_ms(self) -> float:
@@ -109,11 +111,12 @@ class Breakdown:
 
     @property
     def agrees(self) -> bool | None:
-        """Served inference vs in-process call time within the interval (``None``: no check)."""
-        return None if self.check is None else interval_agrees(self.check[:2], self.check[2:])
+        """In-process floor, server inference and op-profile sum within 10 % (``None``: no
+        check)."""
+        return None if self.check is None else self.check.ok
 
 
-def _breakdown(index: Index, row: Row) -> Breakdown | None:
+def _breakdown(index: Index, row: Row, opprofile: Sequence[OpRow]) -> Breakdown | None:
     """The server's breakdown of a served row at its lowest concurrency with phases, else None."""
     if row["mode"] != SERVED or not completed(row):
         return None
@@ -137,13 +140,15 @@ def _breakdown(index: Index, row: Row) -> Breakdown | None:
         queue,
         infer,
         encode,
-        infer_check(index, row_key(row)),
+        agreement(index, row_key(row), opprofile),
     )
 
 
-def breakdowns(index: Index) -> list[Breakdown]:
-    """The server's breakdown of every served cell at its lowest concurrency that has phases."""
-    out = [b for b in (_breakdown(index, row) for row in index.rows) if b is not None]
+def breakdowns(index: Index, opprofile: Sequence[OpRow] = ()) -> list[Breakdown]:
+    """The server's breakdown of every served cell at its lowest concurrency that has phases,
+    with the three views of its inference time (:mod:`loadtest.report.agreement`)."""
+    rows = (_breakdown(index, row, opprofile) for row in index.rows)
+    out = [b for b in rows if b is not None]
     out.sort(
         key=lambda b: (b.runtime, b.device, b.protocol != "grpc", b.batch_size, b.model != STANDARD)
     )

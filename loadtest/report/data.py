@@ -3,10 +3,29 @@
 Rows of a cell measured several times (``repeat`` 0, 1, …) are combined by :class:`Index`: the
 median of each measured column over the repetitions, so tables and plots show one value per cell
 (and :meth:`Index.spread` gives the lowest and highest for error bars).
+
+Throughput samples (what the ratio intervals resample within a repetition) are complete, equal
+windows only. Served cells: Locust writes its cumulative request count once a second to
+``_stats_history.csv`` (every third point is used when workers report every 3 s); a window is the
+interval between two such points, and
+
+1. a window whose count drops (the statistics reset at the end of the warm-up) is dropped;
+2. the first and the last remaining windows are dropped: the measurement starts and stops inside
+   them, so they hold part of a second (the near-empty seconds that once gave intervals such as
+   ``[0.62–68.25]``);
+3. a window whose duration differs from the nominal step (1 s, or 3 s distributed) is dropped (a
+   late or missed history write);
+
+and each kept window gives images/s = requests × batch size ÷ duration. Served samples saved in
+``run.json`` without their timestamps (runs whose Locust files are gone) lose their first and
+last values by rule 2. In-process samples are ten equal slices of one timed window, complete by
+construction, and are kept as they are.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import math
 import statistics
@@ -21,9 +40,9 @@ from loadtest.cells import (
     IN_PROCESS_PROTOCOL,
     SERVED,
     STR_COLUMNS,
+    WORKER_REPORT_S,
     CellKey,
     Row,
-    history_samples,
     read_results,
     sample_key,
 )
@@ -33,6 +52,7 @@ from loadtest.run.opprofile import OPPROFILE_CSV, OpRow, read_opprofile
 STANDARD, SEPARABLE = "standard", "separable"
 MODEL_COLORS = {STANDARD: "#1f77b4", SEPARABLE: "#d62728"}
 PLOTS_DIR = "plots"
+EQUAL_WINDOW_TOLERANCE = 0.01  # a window within 1 % of the nominal step counts as equal
 
 # A cell of the report: its key with repeat 0, shared by all its repetitions.
 Key = CellKey
@@ -200,12 +220,18 @@ class Run:
 
     @property
     def samples(self) -> dict[str, list[float]]:
-        """Throughput samples (images/s per second or per slice) by row key: from run.json, or
-        for runs that predate them, the served cells' Locust histories under ``locust/``."""
+        """Throughput samples (images/s per complete window) by row key, by the module's window
+        rule: served cells from their Locust histories under ``locust/`` (``run.json``'s samples
+        less their first and last where those files are gone), in-process cells from
+        ``run.json``."""
         found = self.meta.get("samples")
-        if isinstance(found, dict):
-            return dict(found)
-        return _locust_samples(self.path, self.rows, self.meta)
+        saved = dict(found) if isinstance(found, dict) else {}
+        out = {}
+        for key, values in saved.items():
+            served = key.split("|")[3] != IN_PROCESS_PROTOCOL
+            out[key] = list(values[1:-1]) if served else list(values)
+        out.update(_locust_samples(self.path, self.rows, self.meta))
+        return out
 
     @property
     def pinning(self) -> dict[str, list[int] | None]:
@@ -215,6 +241,37 @@ class Run:
             "server_cpus": found.get("server_cpus"),
             "generator_cpus": found.get("generator_cpus"),
         }
+
+
+def _history_points(path: Path) -> list[tuple[float, float]]:
+    """(timestamp, cumulative request count) of Locust's aggregated history, once a second."""
+    try:
+        with open(path, newline="") as handle:
+            return [
+                (float(r["Timestamp"]), float(r["Total Request Count"]))
+                for r in csv.DictReader(handle)
+                if r.get("Name") == "Aggregated"
+            ]
+    except (OSError, KeyError, ValueError):
+        return []
+
+
+def complete_windows(
+    points: Sequence[tuple[float, float]], start: float, end: float, batch_size: int, step: int = 1
+) -> list[float]:
+    """Images/s of each complete, equal window of a measurement from ``start`` to ``end`` (the
+    module's window rule) given Locust's (timestamp, cumulative count) points."""
+    inside = [(t, n) for t, n in points if start - 0.5 <= t <= end + 0.5][::step]
+    windows = [
+        (t1 - t0, n1 - n0)
+        for (t0, n0), (t1, n1) in itertools.pairwise(inside)
+        if t1 > t0 and n1 >= n0
+    ][1:-1]
+    return [
+        count * batch_size / duration
+        for duration, count in windows
+        if abs(duration - step) <= EQUAL_WINDOW_TOLERANCE * step
+    ]
 
 
 def _locust_samples(
@@ -231,13 +288,9 @@ def _locust_samples(
             start, end = float(window["window_start"]), float(window["window_end"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        found = history_samples(
-            Path(f"{prefix}_stats_history.csv"),
-            start,
-            end,
-            row["batch_size"],
-            distributed=bool(processes.get(cell_slug(row))),
-        )
+        step = WORKER_REPORT_S if processes.get(cell_slug(row)) else 1
+        points = _history_points(Path(f"{prefix}_stats_history.csv"))
+        found = complete_windows(points, start, end, row["batch_size"], step)
         if found:
             samples[sample_key(row)] = found
     return samples

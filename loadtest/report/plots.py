@@ -129,7 +129,9 @@ def _ratio_bars(ax: Any, x: Any, series: dict[str, list[Any]]) -> float:
             label=name,
         )
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-        top = max(top, *(r["ratio_high"] for r in rows if r and r["ratio_high"] is not None))
+        top = max(
+            [top] + [r["ratio_high"] or r["ratio_median"] or 0.0 for r in rows if r is not None]
+        )
     return top
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest.flops import macs_ratio
+from loadtest.report.agreement import AGREE_WITHIN
 from loadtest.report.analysis import (
     BOOTSTRAP_RESAMPLES,
     RATIOS_CSV,
@@ -44,13 +45,20 @@ from loadtest.report.data import (
     row_key,
     saturated_cells,
 )
+from loadtest.report.gap import fastest_lines, first_table_lines
 from loadtest.report.plots import (
     plot_flops_vs_reality,
     plot_latency_vs_concurrency,
     plot_throughput_vs_batch,
 )
 from loadtest.report.plots_time import plot_opprofile, plot_server_breakdown, plot_serving_overhead
+from loadtest.report.runtimes import (
+    kernel_lines,
+    read_executed_graph,
+    served_floor_lines,
+)
 from loadtest.report.tables import (
+    agreement_lines,
     breakdown_lines,
     machine_lines,
     overhead_lines,
@@ -93,14 +101,17 @@ def _method_lines(run: Run, ratios: Sequence[RatioRow]) -> list[str]:
         "- Ratios are separable ÷ standard images/s (above 1x the separable model is faster), "
         "the median of the paired repetitions; the interval is a 95% percentile bootstrap "
         f"({BOOTSTRAP_RESAMPLES:,} resamples) over repetitions and, within each, its "
-        "per-second throughput samples (in-process: ten slices of the window). "
-        'An interval containing 1 reads "no measurable difference".',
+        "throughput samples over complete, equal windows only (Locust's whole seconds inside the "
+        "measurement, the partial first and last dropped; in-process: ten equal slices of the "
+        "window). A cell measured once shows its value and `(1 run)`, no interval. "
+        'An interval containing 1 reads "no measurable difference". Tables show flag codes '
+        "with a legend under them; `ratios.csv`'s flag column has the full text.",
         f"- Stability (as perf_analyzer): a model's repetitions are `unstable` unless three in a "
         f"row lie within ±{STABLE_WITHIN:.0%} of their mean.",
         "- A served ratio above the in-process ratio beyond its interval is flagged "
-        "`suspect: interference` and never headlined; the server's inference time at one user "
-        "(mean) must match the in-process p50 of the same call (intervals over repetitions, "
-        "widened by 10%), else the cell is flagged.",
+        "`suspect: interference` and never headlined. In every served cell, the in-process p50 "
+        "per call (the floor), the server's mean inference phase and the op-profile sum must "
+        f"agree within {AGREE_WITHIN:.0%}, else the cell is flagged with the measured numbers.",
         _pinning_line(run),
     ]
 
@@ -176,7 +187,7 @@ def _derive(run_dir: Path) -> _Derived:
     ratios = write_ratios(run_dir, compute_ratios(run))
     table = speedups(ratios, ratio)
     over = overheads(index)
-    breakdown = breakdowns(index)
+    breakdown = breakdowns(index, run.opprofile)
     shares = profiles(run)
     plots = _make_plots(run_dir, index, table, over, breakdown, shares)
     return _Derived(run, index, ratio, ratios, table, over, breakdown, shares, plots)
@@ -189,6 +200,31 @@ def _notes(run: Run) -> list[str]:
     return list(run.meta.get("notes", [])) + cell_notes
 
 
+def _headline_block(
+    run: Run,
+    index: Index,
+    ratios: Sequence[RatioRow],
+    shares: Mapping[str, Sequence[KindShare]],
+    breakdown: Sequence[Breakdown],
+) -> list[str]:
+    """The first table, the fastest runtimes and the verdict: report.md's verdict section and
+    README's headline (``--headline``), the same lines."""
+    ratio = macs_ratio(run.costs)
+    return [
+        f"Separable ÷ standard images/s per runtime ({ratio:.2f}x fewer multiply-adds on paper): "
+        "in-process and served over gRPC at the lowest concurrency measured, each as a share of "
+        f"{ratio:.2f}x, and the layer kinds whose time keeps the gap.",
+        "",
+        *first_table_lines(ratios, shares, ratio),
+        "",
+        "Fastest runtime for each model (images/s; served: its best concurrency):",
+        "",
+        *fastest_lines(index),
+        "",
+        verdict(ratios, run.costs, shares=shares, breakdown=breakdown),
+    ]
+
+
 def _verdict_sections(d: _Derived) -> list[str]:
     """The question, the verdict, the method, FLOPs vs reality."""
     return [
@@ -198,7 +234,7 @@ def _verdict_sections(d: _Derived) -> list[str]:
         "",
         "## Verdict",
         "",
-        verdict(d.ratios, d.run.costs, shares=d.shares, breakdown=d.breakdown),
+        *_headline_block(d.run, d.index, d.ratios, d.shares, d.breakdown),
         "",
         "## Method",
         "",
@@ -258,12 +294,35 @@ def _time_sections(d: _Derived) -> list[str]:
         "",
         *(overhead_lines(d.over) if d.over else ["(no in-process rows to compare with)"]),
         *_image(d.plots, "overhead", "Serving overhead"),
+        "## Three views of inference time",
+        "",
+        "Per served cell and model: the in-process p50 per call (the floor), the server's mean "
+        "`infer` phase, the op-profile sum (ms per call); each beyond "
+        f"{AGREE_WITHIN:.0%} of the floor is flagged `[g]` with its numbers.",
+        "",
+        *agreement_lines(d.index, d.run.opprofile),
+        "",
+        "## Kernels",
+        "",
+        "What the separable model's depthwise and pointwise convolutions became in each runtime "
+        "(`executed-graph.json`), next to the rate the operator profile measured.",
+        "",
+        *kernel_lines(read_executed_graph(d.run.path), d.shares, [g[0] for g in d.index.groups()]),
+        "",
+        "## Served vs in-process at batch 256",
+        "",
+        "Served gRPC images/s at batch 256 and the highest concurrency measured ÷ the same "
+        "runtime's in-process images/s (the same pinned cores); target ≥ 0.9x. Server RSS: the "
+        "server's resident memory after the cell.",
+        "",
+        *served_floor_lines(d.index),
+        "",
         "## Server breakdown",
         "",
         "Mean ms per request at the lowest concurrency, from the server's "
         "`serving_request_phase_seconds` histogram scraped before and after each cell; the "
-        "client's mean is users ÷ requests/s. ⚠ = the server's inference time and the "
-        "in-process call time disagree beyond the interval.",
+        "client's mean is users ÷ requests/s. ⚠ = the in-process floor, the server's inference "
+        f"time and the op-profile sum differ by more than {AGREE_WITHIN:.0%}.",
         "",
         *(
             breakdown_lines(d.breakdown)
@@ -307,21 +366,14 @@ def render(run_dir: Path) -> Path:
 
 
 def headline(run_dir: Path) -> str:
-    """The README's account of a run: its generated verdict and its FLOPs-vs-reality table,
+    """The README's account of a run: report.md's first table and its generated verdict,
     recomputed from the run's saved results exactly as ``render`` does (nothing is written).
     ``python -m loadtest.report --headline RUN_DIR`` prints it; a test holds the README to it."""
     run = load_run(run_dir)
     index = Index(run.rows)
-    costs = run.costs
     ratios = compute_ratios(run)
-    table = speedups(ratios, macs_ratio(costs))
-    return "\n".join(
-        [
-            verdict(ratios, costs, shares=profiles(run), breakdown=breakdowns(index)),
-            "",
-            *speedup_lines(table),
-        ]
-    )
+    block = _headline_block(run, index, ratios, profiles(run), breakdowns(index, run.opprofile))
+    return "\n".join(block)
 
 
 # --- terminal summary -----------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from loadtest.cells import IN_PROCESS_PROTOCOL, Row
-from loadtest.report.analysis import RatioRow, Speedup, fmt_interval
+from loadtest.report.agreement import agreement
+from loadtest.report.analysis import RatioRow, Speedup, flag_codes, flag_legend, fmt_interval
 from loadtest.report.breakdown import Breakdown, KindShare, Overhead
 from loadtest.report.data import (
     SEPARABLE,
@@ -202,18 +203,14 @@ def speedup_lines(table: Sequence[Speedup]) -> list[str]:
     header = ["runtime", "device", "batch", "MACs ratio", "in-process"]
     header += [f"served {protocol_name(p)}" for p in protocols]
     header += ["flags"]
-    body = []
+    body, used = [], []
     for s in table:
-        flags = sorted(
-            {
-                f"{name}: {row['flag']}"
-                for name, row in [
-                    ("in-process", s.in_process),
-                    *[(protocol_name(p), s.served.get(p)) for p in protocols],
-                ]
-                if row and row["flag"]
-            }
-        )
+        flags = [
+            row["flag"]
+            for row in [s.in_process, *[s.served.get(p) for p in protocols]]
+            if row and row["flag"]
+        ]
+        used += flags
         body.append(
             [
                 s.runtime,
@@ -223,9 +220,9 @@ def speedup_lines(table: Sequence[Speedup]) -> list[str]:
                 fmt_interval(s.in_process),
             ]
             + [fmt_interval(s.served.get(p)) for p in protocols]
-            + ["; ".join(flags) or "—"]
+            + [flag_codes("; ".join(flags))]
         )
-    return md_table(header, body, "llr" + "r" * (len(header) - 4) + "l")
+    return md_table(header, body, "llr" + "r" * (len(header) - 4) + "l") + flag_legend(used)
 
 
 def ratio_lines(ratios: Sequence[RatioRow]) -> list[str]:
@@ -239,11 +236,11 @@ def ratio_lines(ratios: Sequence[RatioRow]) -> list[str]:
             fmt_rate(r["standard_images_per_s"]),
             fmt_rate(r["separable_images_per_s"]),
             fmt_interval(r),
-            r["flag"] or "—",
+            flag_codes(r["flag"]),
         ]
         for r in ratios
     ]
-    return md_table(
+    lines = md_table(
         [
             "runtime",
             "mode",
@@ -258,6 +255,7 @@ def ratio_lines(ratios: Sequence[RatioRow]) -> list[str]:
         body,
         "llrrrrrrl",
     )
+    return lines + flag_legend([r["flag"] for r in ratios])
 
 
 _BREAKDOWN_HEADER = [
@@ -272,15 +270,14 @@ _BREAKDOWN_HEADER = [
     "queue",
     "encode",
     "inference",
-    "inference vs in-process ms",
+    "floor / infer / op profile ms",
 ]
 
 
 def _check_text(b: Breakdown) -> str:
     if b.check is None:
         return "—"
-    low, high, floor_low, floor_high = b.check
-    return f"{low:.3f}–{high:.3f} vs {floor_low:.3f}–{floor_high:.3f}" + ("" if b.agrees else " ⚠")
+    return " / ".join(b.check.cells()) + ("" if b.agrees else " ⚠")
 
 
 def breakdown_lines(items: Sequence[Breakdown]) -> list[str]:
@@ -303,6 +300,37 @@ def breakdown_lines(items: Sequence[Breakdown]) -> list[str]:
         for b in items
     ]
     return md_table(_BREAKDOWN_HEADER, body, "lllrrrrrrrrr")
+
+
+def agreement_lines(index: Index, opprofile: Sequence[Any]) -> list[str]:
+    """Every served cell's three views of its inference time, per model, and the verdict."""
+    body = []
+    for key in sorted(k for k in index.repetitions if k.mode == "served"):
+        found = agreement(index, key, opprofile)
+        if found is None:
+            continue
+        body.append(
+            [
+                f"{key.runtime}/{key.device}",
+                key.model,
+                protocol_name(key.protocol),
+                str(key.batch_size),
+                str(key.concurrency),
+                *found.cells(),
+                found.short(),
+            ]
+        )
+    if not body:
+        return ["(no served cell with an in-process floor and a second view in this run)"]
+    header = ["runtime", "model", "protocol", "batch", "users", "floor ms", "server infer ms"]
+    header += ["op profile ms", "within 10% of the floor"]
+    legend = [
+        "",
+        "[g]: each view beyond 10% of the floor and by how much; in flight = server infer ms × "
+        "requests/s, the inferences running at once on average. The full reasons are in "
+        "ratios.csv's flag column.",
+    ]
+    return md_table(header, body, "lllrrrrrl") + legend
 
 
 def profile_lines(by_runtime: Mapping[str, Sequence[KindShare]]) -> list[str]:

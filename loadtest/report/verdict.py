@@ -17,6 +17,7 @@ from loadtest.report.analysis import (
     FLAG_NO_DIFFERENCE,
     FLAG_SATURATED,
     FLAG_SINGLE,
+    FLAG_VIEWS,
     RatioRow,
     Speedup,
     fmt_interval,
@@ -24,6 +25,7 @@ from loadtest.report.analysis import (
 )
 from loadtest.report.breakdown import Breakdown, KindShare
 from loadtest.report.data import SEPARABLE, STANDARD, protocol_name
+from loadtest.report.gap import gap_excess, gap_kinds
 
 DEPTHWISE_SLOWER = 0.5  # depthwise reaching under half the standard conv's GMAC/s: memory-bound
 DENSE_SHARE = 0.25  # the dense layer taking at least this share of the separable model's time
@@ -83,9 +85,8 @@ def _measured_sentences(measured: Sequence[tuple[str, RatioRow]]) -> list[str]:
     single = [label for label, row in measured if FLAG_SINGLE in row["flag"]]
     if single:
         sentences.append(
-            f"{len(single)} of these {len(measured)} ratios come from a single measurement "
-            "without throughput samples, so they carry no interval and no difference can be "
-            f"called measurable there ({_listed(single, 2)})."
+            f"{len(single)} of these {len(measured)} ratios come from one run, so they carry no "
+            f"interval and no difference can be called measurable there ({_listed(single, 2)})."
         )
     suspect = [
         f"{label} ({fmt_interval(row)})"
@@ -190,11 +191,63 @@ def _breakdown_sentence(items: Sequence[Breakdown]) -> list[str]:
         f"{worst.framework_ms:.3f} ms in the server's decode, queue and encode, "
         f"{worst.infer_ms:.3f} ms in inference."
     ]
-    off = [b for b in items if b.agrees is False]
-    if off:
+    return sentences
+
+
+def _views_sentence(ratios: Sequence[RatioRow]) -> list[str]:
+    served = [r for r in ratios if r["mode"] == "served"]
+    off = [r for r in served if FLAG_VIEWS in r["flag"]]
+    if not off:
+        return []
+    return [
+        f"In {len(off)} of {len(served)} served cells the in-process floor, the server's "
+        "inference phase and the op-profile sum differ by more than 10% (flag [g]; the numbers "
+        "and reasons in ratios.csv)."
+    ]
+
+
+def _fastest_sentence(ratios: Sequence[RatioRow]) -> list[str]:
+    """Which runtime is fastest in-process for each model, batch by batch (two runtimes or
+    more)."""
+    rows = [r for r in ratios if r["mode"] == "in-process"]
+    if len({r["runtime"] for r in rows}) < 2:
+        return []
+    parts = []
+    for model in (STANDARD, SEPARABLE):
+        column = "standard_images_per_s" if model == STANDARD else "separable_images_per_s"
+        winners: dict[str, list[str]] = {}
+        for batch in sorted({r["batch_size"] for r in rows}):
+            mine = [r for r in rows if r["batch_size"] == batch and r[column]]  # type: ignore[literal-required]
+            best = max(mine, key=lambda r: r[column] or 0.0, default=None)  # type: ignore[literal-required]
+            if best is not None:
+                winners.setdefault(best["runtime"], []).append(str(best["batch_size"]))
+        parts += [f"{rt} for the {model} model at batch {_join(b)}" for rt, b in winners.items()]
+    return [f"In-process, the fastest runtime is {'; '.join(parts)}."]
+
+
+def _gap_sentences(
+    ratios: Sequence[RatioRow], shares: Mapping[str, Sequence[KindShare]], ratio: float
+) -> list[str]:
+    """Per runtime: how far its best in-process ratio stands from the MACs ratio and which layer
+    kinds the operator profile says keep the gap there."""
+    sentences = []
+    for runtime, profile in shares.items():
+        rows = [
+            r
+            for r in ratios
+            if r["runtime"] == runtime and r["mode"] == "in-process" and r["ratio_median"]
+        ]
+        best = max(rows, key=lambda r: r["ratio_median"] or 0.0, default=None)
+        found = gap_excess(profile, best["batch_size"]) if best else None
+        if best is None or found is None or not found[2]:
+            continue
+        sep_ms, ideal, excess = found
         sentences.append(
-            f"In {len(off)} served cell{'s' if len(off) > 1 else ''} the server's inference time "
-            f"disagrees with the in-process time beyond the interval (flagged in ratios.csv)."
+            f"On {runtime}, the best in-process ratio, {fmt_interval(best)} at batch "
+            f"{best['batch_size']}, is {(best['ratio_median'] or 0.0) / ratio:.0%} of "
+            f"{ratio:.2f}x: there the separable model takes {sep_ms:.3f} ms per call where its "
+            f"multiply-adds at the standard model's cost would take {ideal:.3f} ms (excess ms per "
+            f"call, largest first: {_join(gap_kinds(excess))}; opprofile.csv)."
         )
     return sentences
 
@@ -222,12 +275,15 @@ def verdict(
         )
         return " ".join(sentences)
     sentences += _headline(measured, ratio)
+    sentences += _fastest_sentence(ratios)
+    sentences += _gap_sentences(ratios, shares or {}, ratio)
     sentences += _measured_sentences(measured)
     for runtime, profile in (shares or {}).items():
         sentences += _depthwise_sentence(runtime, profile)
         sentences += _dense_sentence(runtime, profile)
         sentences += _call_overhead_sentence(runtime, profile)
     sentences += _breakdown_sentence(breakdown)
+    sentences += _views_sentence(ratios)
     saturated = sum(1 for r in ratios if FLAG_SATURATED in r["flag"])
     if saturated:
         sentences.append(
