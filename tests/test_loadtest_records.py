@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from loadtest.cells import (
@@ -88,17 +89,40 @@ def test_recorded_text_names_no_machine_path():
     assert "<work>/meas" in made and "<home>/.keras" in made
 
 
+class _ThreadRecorder:
+    """A stand-in runtime recording which thread ran each call and its rows."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []
+
+    def predict(self, signature_name, inputs, output_names=None):
+        rows = len(inputs["images"])
+        self.calls.append((threading.get_ident(), rows))
+        return {"classes": np.zeros(rows, np.int64)}
+
+
 def test_the_floor_takes_the_servers_flags(exported_repository):
     way = server_way("onnx", exported_repository, "cpu", ["--tensorflow_intra_op_parallelism", "1"])
+    recorder = _ThreadRecorder()
+    images = np.zeros((200, 28, 28, 1), np.float32)
     try:
         assert way.options.intra_op_threads == 1 and way.inline_max_rows == 4
+        assert way.max_rows_per_run == 64  # the server's default slices
         # Up to the inline rows on the calling thread (the event loop's), above on another.
-        assert way.run(threading.get_ident, rows=4) == threading.get_ident()
-        assert way.run(threading.get_ident, rows=32) != threading.get_ident()
+        way.run(recorder, "serving_default", {"images": images[:4]}, rows=4)
+        assert recorder.calls == [(threading.get_ident(), 4)]
+        recorder.calls.clear()
+        # Above --max_rows_per_run, in the server's slices (serving.model.runs).
+        outputs = way.run(recorder, "serving_default", {"images": images}, rows=200)
+        assert [rows for _, rows in recorder.calls] == [64, 64, 64, 8]
+        assert all(ident != threading.get_ident() for ident, _ in recorder.calls)
+        assert outputs["classes"].shape == (200,)
     finally:
         way.close()
-    inline = server_way("onnx", exported_repository, "cpu", ["--inline_max_rows", "64"])
-    assert inline.inline_max_rows == 64
+    inline = server_way(
+        "onnx", exported_repository, "cpu", ["--inline_max_rows", "64", "--max_rows_per_run", "0"]
+    )
+    assert inline.inline_max_rows == 64 and inline.max_rows_per_run == 0
     inline.close()
     measured = measure_runtime(
         "onnx",

@@ -25,7 +25,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +65,17 @@ class ServerWay:
     options: Any  # serving.runtimes.RuntimeOptions
     inline_max_rows: int
     executor: ThreadPoolExecutor | None = None
+    max_rows_per_run: int = 0  # --max_rows_per_run: the server's slices of large requests
 
-    def run(self, predict: Callable[[], Any], rows: int) -> Any:
-        """``predict()`` where the server would run it for ``rows`` rows."""
-        # The server (another branch: --max_rows_per_run, serving/model/runs.py) runs requests
-        # above 64 rows in 64-row slices; once merged, the floor slices here, the one place.
+    def run(self, runtime: Any, signature_name: str, inputs: Any, rows: int) -> Any:
+        """``runtime.predict`` where and as the server would run it for ``rows`` rows: inline or
+        on an inference thread, in ``--max_rows_per_run`` slices (serving.model.runs, the
+        server's own function)."""
+        from serving.model.runs import predict_in_runs
+
+        def predict() -> Any:
+            return predict_in_runs(runtime, signature_name, inputs, rows, self.max_rows_per_run)
+
         if rows <= self.inline_max_rows or self.executor is None:
             return predict()
         return self.executor.submit(predict).result()
@@ -95,7 +101,9 @@ def server_way(kind: str, models_dir: Path, device: str, server_args: Sequence[s
     except SettingsError as exc:
         raise RepositoryError(f"the server's flags do not parse: {exc}") from exc
     executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
-    return ServerWay(runtime_options(settings), inline_max_rows(settings), executor)
+    return ServerWay(
+        runtime_options(settings), inline_max_rows(settings), executor, settings.max_rows_per_run
+    )
 
 
 class _Caller:
@@ -118,9 +126,7 @@ class _Caller:
         if self.way is None:
             outputs = self.runtime.predict(SIGNATURE_NAME, inputs)
         else:
-            outputs = self.way.run(
-                lambda: self.runtime.predict(SIGNATURE_NAME, inputs), len(labels)
-            )
+            outputs = self.way.run(self.runtime, SIGNATURE_NAME, inputs, len(labels))
         elapsed = time.perf_counter() - started
         if histogram is not None:
             hdr.record_us(histogram, elapsed * 1e6)
