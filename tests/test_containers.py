@@ -95,6 +95,16 @@ def _compose_binary() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def engine() -> str:
     """The engine's version; skip (fail in CI) when none answers or buildx is missing."""
+    version = engine_version()
+    # Leftovers of an interrupted run of this tier only (by label), never anything else.
+    stale = docker("ps", "-aq", "--filter", f"label={LABEL}").split()
+    if stale:
+        docker("rm", "-f", *stale)
+    return version
+
+
+def engine_version() -> str:
+    """The engine's version; skip (fail in CI) when none answers or buildx is missing."""
     problem = ""
     try:
         info = subprocess.run(
@@ -117,10 +127,6 @@ def engine() -> str:
         if _required():
             pytest.fail(f"{message}; CI requires it (tools/docker_engine.sh ensure)")
         pytest.skip(f"{message}; run tools/docker_engine.sh ensure, then make test-containers")
-    # Leftovers of an interrupted run of this tier only (by label), never anything else.
-    stale = docker("ps", "-aq", "--filter", f"label={LABEL}").split()
-    if stale:
-        docker("rm", "-f", *stale)
     return info.stdout.strip()
 
 
