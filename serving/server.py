@@ -63,6 +63,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         inter_op_threads=settings.tensorflow_inter_op_parallelism,
         device=settings.device,
         batch_sizes_hint=tuple(hint),
+        cudnn_benchmark=settings.cudnn_benchmark,
     )
 
 

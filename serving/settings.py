@@ -283,6 +283,11 @@ class Settings(BaseModel):
     device: Annotated[Literal["cpu", "cuda"], Flag(ours=True)] = Field(
         "cpu", description="cpu or cuda"
     )
+    cudnn_benchmark: Annotated[bool, Flag(ours=True)] = Field(
+        True,
+        description="torch on cuda: let cuDNN time its convolution algorithms once per shape "
+        "(torch.backends.cudnn.benchmark); false: cuDNN's heuristics pick them",
+    )
     event_loop: Annotated[Literal["uvloop", "asyncio"], Flag(ours=True)] = Field(
         "uvloop",
         description="uvloop (libuv, the default) or asyncio (the standard library's loop)",

@@ -35,6 +35,7 @@ FLAGS = {
     "--enable_model_warmup": True,
     "--runtime": "onnx",
     "--device": "cpu",
+    "--cudnn_benchmark": True,
     "--event_loop": "uvloop",
     "--workers": 1,
     "--worker_index": 0,

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The GPU run (loadtest/gpu/README.md): in one call on the GPU machine, install the wheel bundle
-# built by `make gpu-bundle`, check the environment, benchmark the torch runtime in-process against
-# native PyTorch, sweep the torch runtime on CUDA and the ONNX runtime on the machine's CPU cores
-# with Locust, compare the two sweeps, measure --workers scaling on the CPU cores, and leave the
-# reports under $OUT.
+# built by `make gpu-bundle`, check the environment, record which kernels each layer of the torch
+# runtime runs with cudnn.benchmark on and off, eager and in CUDA graphs (benchmarks.torch_kernels),
+# benchmark the torch runtime in-process against native PyTorch, sweep the torch runtime on CUDA
+# with Locust once with --cudnn_benchmark=true and once with false, compare the two sweeps, and
+# leave the reports under $OUT (the archive named for the card: gpu-h100.tar.gz, gpu-h200...;
+# loadtest/gpu/commit.sh unpacks it into results/gpu-<card>/).
+# Optional extras (SWEEPS="torch:cuda onnx:cpu", WORKER_RUNTIMES=onnx:cpu) add the ONNX runtime on
+# the CPU cores and --workers scaling, as in the first run (results/gpu-h200/).
 #
 #   bash loadtest/gpu/run.sh                       # on the GPU machine (carry .whl)
 #   DEVICE=cpu PYTHON=.venv/bin/python INSTALL=0 BATCH_SIZES=1 CONCURRENCY=1 PROTOCOLS=grpc \
@@ -25,8 +29,11 @@ INSTALL=${INSTALL:-1}               # 1: install $BUNDLE/*.whl into $SITE (GPU m
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-$REPO/reports/gpu-out}
 WORK=${WORK:-$(mktemp -d /tmp/gpu-run.XXXXXX)}
-TIME_BUDGET_S=${TIME_BUDGET_S:-540}  # 9 minutes: the GPU part (issue's bar: 8) + workers scaling
-SWEEPS=${SWEEPS-"torch:$DEVICE onnx:cpu"}  # runtime:device pairs, one sweep each, in order
+TIME_BUDGET_S=${TIME_BUDGET_S:-540}  # 9 minutes of the 15 lent (README: steps' estimates, ~420 s)
+SWEEPS=${SWEEPS-"torch:$DEVICE"}  # runtime:device pairs, one sweep each (torch: per mode below)
+# Each torch sweep runs once per --cudnn_benchmark value (run id torch-<device>-cudnn-<on|off>);
+# empty: one torch sweep with the server's default (on).
+CUDNN_BENCHMARK=${CUDNN_BENCHMARK-"on off"}
 MODELS=${MODELS:-standard,separable}
 BATCH_SIZES=${BATCH_SIZES:-1,32,256}
 CONCURRENCY=${CONCURRENCY:-1,32}
@@ -39,9 +46,13 @@ PROCESSES=${PROCESSES:-}            # Locust workers per cell (default: the swee
 SWEEP_SERVER_ARGS=${SWEEP_SERVER_ARGS:-}
 SWEEP_RESERVE_S=${SWEEP_RESERVE_S:-160}  # kept back for each later sweep
 BENCH=${BENCH:-1}
+KERNELS=${KERNELS:-1}                # benchmarks.torch_kernels: ms per call and kernel names
+KERNELS_ROUNDS=${KERNELS_ROUNDS:-5}
+KERNELS_SECONDS=${KERNELS_SECONDS:-0.1}  # timed seconds per cell and round
+KERNELS_TIMEOUT_S=${KERNELS_TIMEOUT_S:-150}
 # Issue #3's many-core check, after the sweeps: --workers N scaling, one measurement per
-# runtime:device pair (default: the ONNX runtime on the machine's CPU cores; empty: skip).
-WORKER_RUNTIMES=${WORKER_RUNTIMES-onnx:cpu}
+# runtime:device pair (e.g. onnx:cpu, as in results/gpu-h200/; default empty: skip).
+WORKER_RUNTIMES=${WORKER_RUNTIMES-}
 WORKER_COUNTS=${WORKER_COUNTS:-1,2,4,8}
 WORKERS_DURATION=${WORKERS_DURATION:-4}
 WORKERS_CLIENTS=${WORKERS_CLIENTS:-8}
@@ -85,17 +96,17 @@ collect() {
     fi
     say "collecting into $OUT"
     [[ -f $WORK/bench.txt ]] && cp "$WORK/bench.txt" "$OUT/"
+    [[ -f $WORK/kernels.md ]] && cp "$WORK/kernels.md" "$OUT/"
     cat "$WORK"/workers-*.txt >"$OUT/workers.txt" 2>/dev/null || rm -f "$OUT/workers.txt"
-    [[ -f $WORK/machine.txt ]] && cp "$WORK/machine.txt" "$OUT/"
     for report in "$WORK"/reports/*/report.md; do
         [[ -f $report ]] && cp "$report" "$OUT/report-$(basename "$(dirname "$report")").md"
     done
     for compare in "$WORK"/reports/*/compare.md; do
         [[ -f $compare ]] && cp "$compare" "$OUT/compare.md"
     done
-    # Everything else (results.csv/json, plots, server logs, GPU samples) in one archive: the
-    # device tool brings back at most 8 files.
-    tar -czf "$OUT/gpu-report.tar.gz" -C "$WORK" --exclude=./models . 2>/dev/null
+    # Everything (results.csv/json, plots, server logs, GPU samples, machine.txt, kernels.json)
+    # in one archive named for the card: the device tool brings back at most 8 files.
+    tar -czf "$OUT/gpu-${CARD:-unknown}.tar.gz" -C "$WORK" --exclude=./models . 2>/dev/null
     say "done: $(cd "$OUT" && echo *)"
 }
 trap collect EXIT
@@ -168,8 +179,47 @@ PY
 } >"$WORK/machine.txt" 2>&1
 cat "$WORK/machine.txt"
 
+# The card, for the results' folder name: results/gpu-<card>/ ("NVIDIA H100 80GB HBM3" -> h100,
+# "NVIDIA A100-SXM4-80GB" -> a100; "cpu" without a GPU).
+card_slug() {
+    local word
+    for word in ${1#NVIDIA }; do
+        if [[ $word == *[0-9]* ]]; then
+            word=${word%%-*}
+            echo "${word,,}" | tr -cd 'a-z0-9'
+            return
+        fi
+    done
+    echo "${1,,}" | tr -cd 'a-z0-9' | cut -c1-16
+}
+CARD=cpu
+if [[ $DEVICE == cuda ]] && command -v nvidia-smi >/dev/null; then
+    CARD=$(card_slug "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)")
+    [[ -n $CARD ]] || CARD=unknown
+fi
+echo "gpu-$CARD" >"$WORK/card.txt"
+say "card: $CARD -> results/gpu-$CARD/ (bash loadtest/gpu/commit.sh unpacks gpu-$CARD.tar.gz)"
+
+# The sweeps, in order: "runtime device run-id server-flag" (flag "-": none).
+sweeps=()
+read -r -a pairs <<<"$SWEEPS"
+for pair in "${pairs[@]}"; do
+    runtime=${pair%%:*}
+    device=${pair##*:}
+    if [[ $runtime == torch && -n $CUDNN_BENCHMARK ]]; then
+        for mode in $CUDNN_BENCHMARK; do
+            flag=--cudnn_benchmark=false
+            [[ $mode == on ]] && flag=--cudnn_benchmark=true
+            sweeps+=("$runtime $device $runtime-$device-cudnn-$mode $flag")
+        done
+    else
+        sweeps+=("$runtime $device $runtime-$device -")
+    fi
+done
+
 NEED_TORCH=0
-[[ $BENCH == 1 || $SWEEPS == *torch* || $WORKER_RUNTIMES == *torch* ]] && NEED_TORCH=1
+[[ $BENCH == 1 || $KERNELS == 1 || $SWEEPS == *torch* || $WORKER_RUNTIMES == *torch* ]] &&
+    NEED_TORCH=1
 "$PYTHON" - "$NEED_TORCH" "$DEVICE" <<'PY' || { say "environment check failed"; exit 2; }
 import sys
 
@@ -234,28 +284,38 @@ if command -v nvidia-smi >/dev/null && [[ $DEVICE == cuda ]]; then
     GPU_MONITOR=$!
 fi
 
-# 3. In-process: torch runtime vs native PyTorch (and ONNX Runtime), same process.
+# 3a. In-process: ms per call and the kernels of each layer class, cudnn.benchmark on and off,
+# CUDA graphs and eager, both models, the sweep's batch sizes.
+if [[ $KERNELS == 1 ]]; then
+    limit=$(($(left) - SWEEP_RESERVE_S * ${#sweeps[@]} - WORKERS_RESERVE_S))
+    ((limit > KERNELS_TIMEOUT_S)) && limit=$KERNELS_TIMEOUT_S
+    step "$limit" "kernels" "$PYTHON" -m benchmarks.torch_kernels --device "$DEVICE" \
+        --models-dir "$WORK/models" --models "$MODELS" --batches "$BATCH_SIZES" \
+        --rounds "$KERNELS_ROUNDS" --seconds-per-round "$KERNELS_SECONDS" \
+        --json "$WORK/kernels.json" --markdown "$WORK/kernels.md"
+fi
+
+# 3b. In-process: torch runtime vs native PyTorch (and ONNX Runtime), same process.
 if [[ $BENCH == 1 ]]; then
-    limit=$(($(left) - SWEEP_RESERVE_S * $(wc -w <<<"$SWEEPS") - WORKERS_RESERVE_S))
+    limit=$(($(left) - SWEEP_RESERVE_S * ${#sweeps[@]} - WORKERS_RESERVE_S))
     ((limit > BENCH_TIMEOUT_S)) && limit=$BENCH_TIMEOUT_S
     step "$limit" "benchmark" "$PYTHON" -m benchmarks.torch_runtime --device "$DEVICE" \
         --models-dir "$WORK/models" --models "$MODELS" --batches "$BENCH_BATCHES" \
         --seconds "$BENCH_SECONDS" --json "$WORK/bench.json" | tee "$WORK/bench.txt"
 fi
 
-# 4. The served sweeps, one per runtime:device pair.
-read -r -a pairs <<<"$SWEEPS"
+# 4. The served sweeps, one per runtime:device pair (torch: one per cudnn.benchmark mode).
 runs=()
-for i in "${!pairs[@]}"; do
-    runtime=${pairs[$i]%%:*}
-    device=${pairs[$i]##*:}
-    later=$((${#pairs[@]} - i - 1))
+for i in "${!sweeps[@]}"; do
+    read -r runtime device run_id flag <<<"${sweeps[$i]}"
+    later=$((${#sweeps[@]} - i - 1))
     limit=$(($(left) - SWEEP_RESERVE_S * later - 15 - WORKERS_RESERVE_S))
-    run_id="$runtime-$device"
     extra=()
     [[ -n $PROCESSES ]] && extra+=(--processes "$PROCESSES")
+    server_args=$SWEEP_SERVER_ARGS
+    [[ $flag != - ]] && server_args="${server_args:+$server_args }$flag"
     # "--server-args=VALUE": the value starts with "--", which argparse would take for a flag.
-    [[ -n $SWEEP_SERVER_ARGS ]] && extra+=("--server-args=$SWEEP_SERVER_ARGS")
+    [[ -n $server_args ]] && extra+=("--server-args=$server_args")
     step "$limit" "sweep $run_id" "$PYTHON" -m loadtest --runtimes "$runtime" --device "$device" \
         --models "$MODELS" --batch-sizes "$BATCH_SIZES" --concurrency "$CONCURRENCY" \
         --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" \
@@ -263,7 +323,7 @@ for i in "${!pairs[@]}"; do
     [[ -f $WORK/reports/$run_id/results.csv ]] && runs+=("$WORK/reports/$run_id")
 done
 
-# 5. Same-machine comparison of the two sweeps (GPU torch vs CPU ONNX Runtime).
+# 5. Same-machine comparison of the first two sweeps (cudnn.benchmark on vs off by default).
 if ((${#runs[@]} >= 2)); then
     step "$(($(left) > 60 ? 60 : $(left)))" "compare" "$PYTHON" -m loadtest.report \
         --compare "${runs[0]}" "${runs[1]}" --output "$WORK/reports/compare"

@@ -54,7 +54,8 @@ def floor_command(runtime: str, config: SweepConfig, output: Path) -> list[str]:
         *("--duration", str(grid.duration_s), "--warmup", str(grid.warmup_s)),
         *("--device", config.device, "--repeats", str(grid.repeats)),
         *("--output", str(output)),
-        *("--server-args", shlex.join(config.server_args)),
+        # "--server-args=VALUE": a value starting with "--" would read as a flag otherwise.
+        f"--server-args={shlex.join(config.server_args)}",
     ]
 
 

@@ -38,6 +38,7 @@ class RuntimeOptions:
     inter_op_threads: int = 0
     device: str = "cpu"  # "cpu" or "cuda"
     batch_sizes_hint: tuple[int, ...] = field(default=())  # sizes a runtime may pre-compile
+    cudnn_benchmark: bool = True  # torch on cuda: torch.backends.cudnn.benchmark
 
 
 class RuntimeLoadError(RuntimeError):

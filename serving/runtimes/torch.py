@@ -224,9 +224,9 @@ class TorchRuntime(Runtime):
         # (libgomp binds no thread unless OMP_PROC_BIND asks it to).
         torch.set_num_threads(threads_or_cpu_count(options.intra_op_threads))
         if device == "cuda":
-            # Let cuDNN time its kernels once per shape, and keep fp32 exact (no TF32) so answers
-            # match the other runtimes; both settings are process-wide.
-            torch.backends.cudnn.benchmark = True
+            # Let cuDNN time its kernels once per shape (unless --cudnn_benchmark=false), and keep
+            # fp32 exact (no TF32) so answers match the other runtimes; all process-wide.
+            torch.backends.cudnn.benchmark = options.cudnn_benchmark
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         try:
@@ -293,4 +293,7 @@ class TorchRuntime(Runtime):
             "cuda_graph_batch_sizes": ",".join(str(b) for b in self.graph_batch_sizes) or "none",
             "memory_format": "channels_last" if self._executor.channels_last else "contiguous",
             "intra_op_threads": str(torch.get_num_threads()),
+            "cudnn_benchmark": str(torch.backends.cudnn.benchmark).lower()
+            if self._executor.device.type == "cuda"
+            else "n/a",
         }
