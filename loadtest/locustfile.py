@@ -62,11 +62,16 @@ from loadtest.recorder import (  # noqa: E402
     worker_output_path,
     write_json_atomically,
 )
+from serving.client import RECONNECT_OPTIONS  # noqa: E402
 
 PROTOCOLS = ("grpc", "rest")
 DEFAULT_GRPC_TARGET = "127.0.0.1:8500"
 DEFAULT_REST_URL = "http://127.0.0.1:8501"
 REST_BODY_CACHE_BYTES = 64 * 1024 * 1024  # encoded JSON bodies kept per process
+# A user waits this long after a failed request: against a server that is down (refused at once)
+# a closed loop without wait would spin, thousands of failures a second; with it a user fails at
+# most 1 / FAILURE_PAUSE_S times a second (the bound tests/test_containers_faults.py checks).
+FAILURE_PAUSE_S = 0.1
 
 logger = logging.getLogger("loadtest")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -237,7 +242,7 @@ class GrpcPredictClient:
         self.model = model
         self.timeout_s = timeout_s
         unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.insecure_channel(target, options=unlimited)
+        self.channel = grpc.insecure_channel(target, options=[*unlimited, *RECONNECT_OPTIONS])
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._prepared: Any = None
 
@@ -388,6 +393,8 @@ class PredictUser(User):
             exception=exception,
             context={},
         )
+        if exception is not None:
+            gevent.sleep(FAILURE_PAUSE_S)
 
 
 def _single(found: list[Combination], class_name: str) -> list[Combination]:
