@@ -83,7 +83,7 @@ browser:
 # (CI=true) it always runs and a missing engine fails it (.ci/run starts one).
 .PHONY: test-containers
 test-containers: setup
-	$(BIN)/pytest -m containers -s tests/test_containers.py
+	$(BIN)/pytest -m containers -s $(wildcard tests/test_containers*.py)
 
 test: lint typecheck unit
 	@if [ "$$CI" = true ] || docker info >/dev/null 2>&1; then \
