@@ -156,6 +156,12 @@ class ServingClient:
                 self._http = None
                 if attempt:
                     raise
+            except (OSError, http.client.HTTPException):
+                # A timeout (a frozen server) leaves the connection mid-request, where every later
+                # request raised CannotSendRequest: drop it so the next call connects afresh.
+                self._http.close()
+                self._http = None
+                raise
         try:
             decoded = json.loads(data) if data else {}
         except ValueError:
