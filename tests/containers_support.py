@@ -180,8 +180,11 @@ def run_server(run_args: list[str], image: str, command: list[str]) -> Container
 
 
 class Compose:
-    def __init__(self, project: str, models_dir: Path) -> None:
+    """The compose CLI on deploy/compose.yaml (and any override ``files`` after it)."""
+
+    def __init__(self, project: str, models_dir: Path, overrides: tuple[Path, ...] = ()) -> None:
         self.project = project
+        self.files = (COMPOSE_FILE, *overrides)
         self.env = {
             **os.environ,
             "MODELS_DIR": str(models_dir),
@@ -190,7 +193,13 @@ class Compose:
 
     def __call__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
         result = subprocess.run(
-            [compose_binary(), "-f", str(COMPOSE_FILE), "-p", self.project, *args],
+            [
+                compose_binary(),
+                *(arg for path in self.files for arg in ("-f", str(path))),
+                "-p",
+                self.project,
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
