@@ -248,6 +248,18 @@ class Probe(threading.Thread):
         return self.outcomes
 
 
+def logs(container: str) -> str:
+    """The container's output, stdout and stderr (where Locust and the server log)."""
+    return subprocess.run(
+        ["docker", "logs", container],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+
+
 @dataclass
 class LocustRun:
     name: str
@@ -278,10 +290,10 @@ def start_locust(deployment: Deployment, name: str, run_s: int) -> LocustRun:
     workers = deployment.compose.ids("worker")
     assert len(workers) == 2
     deadline = time.monotonic() + 180
-    while "All users spawned" not in docker("logs", master, check=False):
+    while "All users spawned" not in logs(master):
         state = docker("inspect", "--format", "{{.State.Status}}", master)
-        assert state == "running", docker("logs", master, check=False)[-4000:]
-        assert time.monotonic() < deadline, docker("logs", master, check=False)[-4000:]
+        assert state == "running", logs(master)[-4000:]
+        assert time.monotonic() < deadline, logs(master)[-4000:]
         time.sleep(0.5)
     return LocustRun(name, master, workers, time.time())
 
@@ -404,7 +416,7 @@ def wait_serving(target: str, since: float, limit_s: float = RECOVERY_LIMIT_S) -
 def wait_docker_healthy(container: str, since: float) -> float:
     deadline = time.monotonic() + RECOVERY_LIMIT_S
     while docker("inspect", "--format", "{{.State.Health.Status}}", container) != "healthy":
-        assert time.monotonic() < deadline, docker("logs", container, check=False)[-4000:]
+        assert time.monotonic() < deadline, logs(container)[-4000:]
         time.sleep(0.2)
     return time.time() - since
 
