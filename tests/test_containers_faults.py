@@ -305,6 +305,7 @@ class LocustResult:
     errors: dict[str, int]
     history: list[tuple[float, int, int, int]]  # (timestamp, users, requests, failures)
     restarts: int
+    users_during_run: list[int] = field(default_factory=list)
 
     def failures_reported_after(self, when: float) -> int:
         """Failures reported in history rows after ``when`` (the total, when none is later)."""
@@ -355,9 +356,11 @@ def finish_locust(deployment: Deployment, run: LocustRun, run_s: int) -> LocustR
         history,
         restarts,
     )
-    assert result.restarts == 0, "a Locust container was restarted"
-    # The users kept running through the fault: every history row after the spawn has them all.
-    assert all(users == USERS for t, users, _, _ in history if run.spawned + 1 < t), history
+    # The users kept running through the fault: the user count of every history row between
+    # the spawn and the end of the run (when Locust stops them).
+    result.users_during_run = sorted(
+        {users for t, users, _, _ in history if run.spawned + 1 < t < run.spawned + run_s - 2}
+    )
     return result
 
 
@@ -454,6 +457,8 @@ def record(deployment: Deployment, figures: dict[str, Any]) -> None:
 def _check(figures: dict[str, Any], locust: LocustResult, outcomes: list[Outcome]) -> None:
     """The checks every fault shares: failures within the bound, none after recovery (Locust's
     users succeed again without a restart), the typed client back on its own."""
+    assert locust.restarts == 0, "a Locust container was restarted"
+    assert locust.users_during_run == [USERS], figures
     assert locust.failures <= figures["locust"]["bound"], figures
     assert figures["locust"]["failures_after_recovery"] == 0, figures
     assert locust.requests - locust.failures > 0
@@ -476,6 +481,8 @@ def _locust_figures(
         "bound": bound(USERS, window_s, interval_s),
         "successes_again_after_fault_s": round(again - fault, 1) if not math.isnan(again) else None,
         "failures_after_recovery": locust.failures_reported_after(recovered + REPORT_LAG_S),
+        "users_during_run": locust.users_during_run,
+        "locust_restarts": locust.restarts,
     }
 
 
@@ -758,6 +765,7 @@ def test_new_model_version_in_a_running_container_fails_no_request(deployment, r
     }
     record(deployment, figures)
     assert locust.failures == 0, figures
+    assert locust.users_during_run == [USERS], figures
     assert not [o for o in outcomes if o.code != "OK"], figures
     assert served == {new["standard"]} or served == set(new.values()), figures
     for model in models:
