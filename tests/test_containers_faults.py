@@ -33,6 +33,7 @@ network namespace and is skipped, with the reason, where it does not.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import math
 import os
@@ -471,15 +472,26 @@ def _check(figures: dict[str, Any], locust: LocustResult, outcomes: list[Outcome
 
 
 def _locust_figures(
-    locust: LocustResult, fault: float, recovered: float, window_s: float, interval_s: float
+    locust: LocustResult,
+    fault: float,
+    recovered: float,
+    window_s: float,
+    interval_s: float,
+    *,
+    back: float,
 ) -> dict[str, Any]:
-    again = locust.successes_again_after(recovered)
+    """Locust's side. ``back``: when the server answered again; ``recovered``: when every client
+    must have found it (no failure reported after this plus the report lag)."""
+    # Worker reports every 3 s: a row up to 3 s after the fault may still carry earlier successes.
+    again = locust.successes_again_after(max(back, fault + 3.0))
+    grew = [t for (t, _, _, f), (_, _, _, f0) in itertools.pairwise(locust.history) if f > f0]
     return {
         "requests": locust.requests,
         "failures": locust.failures,
         "errors": locust.errors,
         "bound": bound(USERS, window_s, interval_s),
         "successes_again_after_fault_s": round(again - fault, 1) if not math.isnan(again) else None,
+        "last_failure_reported_after_fault_s": round(max(grew) - fault, 1) if grew else None,
         "failures_after_recovery": locust.failures_reported_after(recovered + REPORT_LAG_S),
         "users_during_run": locust.users_during_run,
         "locust_restarts": locust.restarts,
@@ -527,7 +539,9 @@ def test_server_crash_under_load_restarts_and_clients_recover(deployment, digits
         "t_recovered": recovered,
         "serving_after_s": round(serving_s, 2),
         "docker_healthy_after_s": round(healthy_s, 2),
-        "locust": _locust_figures(locust, fault, recovered, window, FAILURE_PAUSE_S),
+        "locust": _locust_figures(
+            locust, fault, recovered, window, FAILURE_PAUSE_S, back=fault + serving_s
+        ),
         "client": client_figures(outcomes, fault, recovered),
         "client_bound": bound(1, window, FAILURE_PAUSE_S),
         "bound_rule": "users x (1 + ceil((serving_after_s + max back-off 1 s) / 0.1 s pause))",
@@ -586,7 +600,7 @@ def test_frozen_server_times_out_at_the_deadline_and_counts_stay_consistent(depl
         "t_fault": fault,
         "t_recovered": recovered,
         "serving_after_unpause_s": round(serving_s, 2),
-        "locust": _locust_figures(locust, fault, recovered, window, interval),
+        "locust": _locust_figures(locust, fault, recovered, window, interval, back=thawed),
         "client": client_figures(outcomes, fault, recovered),
         "client_bound": bound(1, window, interval),
         "client_failure_seconds": sorted({round(o.answered - o.sent, 1) for o in timed_out}),
@@ -673,7 +687,7 @@ def test_network_cut_clients_reconnect_on_their_own(deployment, digits):
         "client_success_after_reconnect_s": {
             p: round(t - restored, 2) for p, t in first_ok.items()
         },
-        "locust": _locust_figures(locust, fault, recovered, window, FAILURE_PAUSE_S),
+        "locust": _locust_figures(locust, fault, recovered, window, FAILURE_PAUSE_S, back=restored),
         "client": client_figures(outcomes, fault, recovered),
         "client_bound": bound(1, window, FAILURE_PAUSE_S),
         "bound_rule": "users x (1 + ceil((cut + reachable_after + keepalive 15 s + 1 s) / 0.1 s))",
@@ -758,7 +772,7 @@ def test_new_model_version_in_a_running_container_fails_no_request(deployment, r
         "versions": {m: [old[m], new[m]] for m in models},
         "served_versions_after_switch": sorted(v for v in served if v is not None),
         "model_versions_gauge": {"/".join(k): v for k, v in sorted(gauge.items())},
-        "locust": _locust_figures(locust, fault, fault, 0.0, FAILURE_PAUSE_S),
+        "locust": _locust_figures(locust, fault, fault, 0.0, FAILURE_PAUSE_S, back=fault),
         "client": client_figures(outcomes, fault, fault),
         "client_bound": 0,
         "bound_rule": "zero",
@@ -810,7 +824,9 @@ def test_worker_process_crash_in_a_two_worker_container(deployment, digits):
         "t_recovered": fault + MAX_BACKOFF_S,
         "worker_restarted_after_s": round(replaced, 2),
         "health_probe_failures": health_failures,
-        "locust": _locust_figures(locust, fault, fault + MAX_BACKOFF_S, 0.0, FAILURE_PAUSE_S),
+        "locust": _locust_figures(
+            locust, fault, fault + MAX_BACKOFF_S, 0.0, FAILURE_PAUSE_S, back=fault
+        ),
         "client": client_figures(outcomes, fault, fault + MAX_BACKOFF_S),
         "client_bound": 1,
         "bound_rule": "users x 1 (the request in flight on the killed worker's connection)",
@@ -864,7 +880,9 @@ def test_network_delay_and_loss_with_netem(deployment, digits):
         "injected": "nsenter -t <pid> -n tc qdisc add dev eth0 root netem delay 100ms 20ms loss 1%",
         "t_fault": fault,
         "t_recovered": restored,
-        "locust": _locust_figures(locust, fault, restored, window, DEADLINE_S + FAILURE_PAUSE_S),
+        "locust": _locust_figures(
+            locust, fault, restored, window, DEADLINE_S + FAILURE_PAUSE_S, back=restored
+        ),
         "client": client_figures(outcomes, fault, restored),
         "client_bound": bound(1, window, DEADLINE_S + FAILURE_PAUSE_S),
         "bound_rule": "users x (1 + ceil(impaired / (deadline + 0.1 s)))",
