@@ -489,7 +489,7 @@ def _locust_figures(
     must have found it (no failure reported after this plus the report lag)."""
     # Worker reports every 3 s: a row up to 3 s after the fault may still carry earlier successes.
     again = locust.successes_again_after(max(back, fault + 3.0))
-    grew = [t for (t, _, _, f), (_, _, _, f0) in itertools.pairwise(locust.history) if f > f0]
+    grew = [t for (_, _, _, f0), (t, _, _, f) in itertools.pairwise(locust.history) if f > f0]
     return {
         "requests": locust.requests,
         "failures": locust.failures,
@@ -814,11 +814,15 @@ def test_worker_process_crash_in_a_two_worker_container(deployment, digits):
     ready_before = logs(container).count(ready_line)
     os.kill(workers[-1], signal.SIGKILL)
     health: dict[str, int] = {}
+    refused_at: list[float] = []  # when a health check that did not answer SERVING was sent
     replaced = serving_again = math.nan
     deadline = time.monotonic() + RECOVERY_LIMIT_S
     while math.isnan(serving_again):
+        sent = time.time()
         answer = health_status(deployment.grpc_target, timeout_s=DEADLINE_S)
         health[answer] = health.get(answer, 0) + 1
+        if answer != "SERVING":
+            refused_at.append(sent - fault)
         now = _children(parent)
         if math.isnan(replaced) and len(now) == 2 and workers[-1] not in now:
             replaced = time.time() - fault
@@ -835,6 +839,7 @@ def test_worker_process_crash_in_a_two_worker_container(deployment, digits):
         "worker_restarted_after_s": round(replaced, 2),
         "replacement_serving_after_s": round(serving_again, 2),
         "health_answers_meanwhile": health,
+        "health_failures_sent_after_fault_s": [round(t, 2) for t in refused_at],
         "locust": _locust_figures(
             locust, fault, fault + MAX_BACKOFF_S, 0.0, FAILURE_PAUSE_S, back=fault
         ),
@@ -843,8 +848,10 @@ def test_worker_process_crash_in_a_two_worker_container(deployment, digits):
         "bound_rule": "users x 1 (the request in flight on the killed worker's connection)",
     }
     record(deployment, figures)
-    # The surviving worker answers throughout: health never says anything but SERVING.
-    assert set(health) == {"SERVING"}, health
+    # The surviving worker answers throughout. A connection the kernel had already queued on the
+    # killed worker's listener (SO_REUSEPORT) is reset: a health check sent at the kill may fail
+    # like any request in flight there; every later one answers SERVING.
+    assert len(refused_at) <= 1 and all(t < 0.5 for t in refused_at), (health, refused_at)
     _check(figures, locust, outcomes)
 
 
