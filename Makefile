@@ -85,6 +85,13 @@ browser:
 test-containers: setup
 	$(BIN)/pytest -m containers -s $(wildcard tests/test_containers*.py)
 
+# The faults of the deployment alone (docs/reliability.md, "Faults in the deployment"), writing the
+# measurements to results/containers/faults-<date>.json (commit them with the docs' table).
+FAULTS_RESULTS ?= results/containers/faults-$(shell date -u +%Y-%m-%d).json
+.PHONY: test-faults
+test-faults: setup
+	FAULTS_RESULTS=$(FAULTS_RESULTS) $(BIN)/pytest -m containers -s tests/test_containers_faults.py
+
 test: lint typecheck unit
 	@if [ "$$CI" = true ] || docker info >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory test-containers; \
