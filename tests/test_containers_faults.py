@@ -357,10 +357,15 @@ def finish_locust(deployment: Deployment, run: LocustRun, run_s: int) -> LocustR
         history,
         restarts,
     )
-    # The users kept running through the fault: the user count of every history row between
-    # the spawn and the end of the run (when Locust stops them).
+    # The users kept running through the fault: the user count of every history row from one
+    # report after the spawn (the master counts users from the workers' reports) to the end of
+    # the run (when Locust stops them).
     result.users_during_run = sorted(
-        {users for t, users, _, _ in history if run.spawned + 1 < t < run.spawned + run_s - 2}
+        {
+            users
+            for t, users, _, _ in history
+            if run.spawned + REPORT_LAG_S < t < run.spawned + run_s - 2
+        }
     )
     return result
 
