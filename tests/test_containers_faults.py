@@ -72,6 +72,9 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
 
 USERS = 4  # one per (model, protocol): standard and separable, gRPC and REST
 DEADLINE_S = 2.0  # Locust's --request-timeout and the typed client's deadline
+# Where the fault involves no deadline (a new model version), a long one: on a 2-core machine
+# shared with other work a starved server may pause for 2 s, and that is not what is tested.
+SLACK_DEADLINE_S = 10.0
 FAILURE_PAUSE_S = 0.1  # loadtest/locustfile.py's FAILURE_PAUSE_S (checked below)
 MAX_BACKOFF_S = dict(RECONNECT_OPTIONS)["grpc.max_reconnect_backoff_ms"] / 1000
 REPORT_LAG_S = 4.0  # Locust: worker reports every 3 s, history rows every 1 s
@@ -215,10 +218,12 @@ class Outcome:
 class Probe(threading.Thread):
     """The typed client in a loop, one request in flight, both models in turn."""
 
-    def __init__(self, protocol: str, target: str, images: np.ndarray) -> None:
+    def __init__(
+        self, protocol: str, target: str, images: np.ndarray, deadline_s: float = DEADLINE_S
+    ) -> None:
         super().__init__(daemon=True)
         self.protocol = protocol
-        self.client = ServingClient(target, protocol, timeout_s=DEADLINE_S)  # type: ignore[arg-type]
+        self.client = ServingClient(target, protocol, timeout_s=deadline_s)  # type: ignore[arg-type]
         self.images = images
         self.outcomes: list[Outcome] = []
         self.halt = threading.Event()
@@ -245,7 +250,7 @@ class Probe(threading.Thread):
 
     def stop(self) -> list[Outcome]:
         self.halt.set()
-        self.join(timeout=DEADLINE_S + 10)
+        self.join(timeout=SLACK_DEADLINE_S + 10)
         return self.outcomes
 
 
@@ -269,7 +274,9 @@ class LocustRun:
     spawned: float  # wall clock when the master logged that all users run
 
 
-def start_locust(deployment: Deployment, name: str, run_s: int) -> LocustRun:
+def start_locust(
+    deployment: Deployment, name: str, run_s: int, deadline_s: float = DEADLINE_S
+) -> LocustRun:
     env = {
         "LOCUST_HOST": f"http://{SERVICE}:8501",
         "LOCUST_GRPC_TARGET": f"{SERVICE}:8500",
@@ -280,7 +287,7 @@ def start_locust(deployment: Deployment, name: str, run_s: int) -> LocustRun:
         "LOCUST_SPAWN_RATE": str(USERS),
         "LOCUST_RUN_TIME": f"{run_s}s",
         "LOCUST_EXPECT_WORKERS": "2",
-        "LOCUST_REQUEST_TIMEOUT": str(DEADLINE_S),
+        "LOCUST_REQUEST_TIMEOUT": str(deadline_s),
         "LOCUST_CSV": f"/results/{name}",
         "LOCUST_HDR_OUTPUT": f"/results/{name}-hdr.json",
     }
@@ -378,13 +385,20 @@ def digits(mnist) -> np.ndarray:
 class Load:
     """Locust (compose master + 2 workers) and the typed client (gRPC and REST) at once."""
 
-    def __init__(self, deployment: Deployment, digits: np.ndarray, name: str, run_s: int):
+    def __init__(
+        self,
+        deployment: Deployment,
+        digits: np.ndarray,
+        name: str,
+        run_s: int,
+        deadline_s: float = DEADLINE_S,
+    ):
         self.deployment = deployment
         self.run_s = run_s
-        self.locust = start_locust(deployment, name, run_s)
+        self.locust = start_locust(deployment, name, run_s, deadline_s)
         self.probes = [
-            Probe("grpc", deployment.grpc_target, digits),
-            Probe("rest", deployment.rest_target, digits),
+            Probe("grpc", deployment.grpc_target, digits, deadline_s),
+            Probe("rest", deployment.rest_target, digits, deadline_s),
         ]
         for probe in self.probes:
             probe.start()
@@ -456,6 +470,7 @@ def client_figures(outcomes: list[Outcome], fault: float, recovered: float) -> d
             "failure_codes": sorted({o.code for o in failed}),
             "first_success_after_fault_s": round(first_ok - fault, 2) if first_ok else None,
             "failures_sent_after_recovery": sum(o.sent > recovered for o in failed),
+            "failures_sent_at_s": [round(o.sent - fault, 2) for o in failed][:50],
         }
     return figures
 
@@ -737,7 +752,7 @@ def test_new_model_version_in_a_running_container_fails_no_request(deployment, r
     run_s = 40
     models = ("standard", "separable")
     old = {m: max(existing_versions(repository / m)) for m in models}
-    load = Load(deployment, digits, "version", run_s)
+    load = Load(deployment, digits, "version", run_s, deadline_s=SLACK_DEADLINE_S)
     time.sleep(FAULT_AT_S)
     fault = time.time()
     new = {}
@@ -774,6 +789,7 @@ def test_new_model_version_in_a_running_container_fails_no_request(deployment, r
     }
     figures: dict[str, Any] = {
         "fault": "new model version written on the host, old one removed",
+        "deadline_s": SLACK_DEADLINE_S,
         "injected": "export.repository.write_version (staging dir + one rename) into the "
         "read-only mounted repository, then rm -r of the old version",
         "t_fault": fault,
