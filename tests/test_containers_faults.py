@@ -298,7 +298,9 @@ def start_locust(
     workers = deployment.compose.ids("worker")
     assert len(workers) == 2
     deadline = time.monotonic() + 180
-    while "All users spawned" not in logs(master):
+    # Locust's line when spawning ends; a loaded machine's workers may report late, and then it
+    # says "Spawning is complete and report waittime is expired" instead.
+    while not re.search("All users spawned|Spawning is complete", logs(master)):
         state = docker("inspect", "--format", "{{.State.Status}}", master)
         assert state == "running", logs(master)[-4000:]
         assert time.monotonic() < deadline, logs(master)[-4000:]
@@ -364,16 +366,12 @@ def finish_locust(deployment: Deployment, run: LocustRun, run_s: int) -> LocustR
         history,
         restarts,
     )
-    # The users kept running through the fault: the user count of every history row from one
-    # report after the spawn (the master counts users from the workers' reports) to the end of
-    # the run (when Locust stops them).
-    result.users_during_run = sorted(
-        {
-            users
-            for t, users, _, _ in history
-            if run.spawned + REPORT_LAG_S < t < run.spawned + run_s - 2
-        }
-    )
+    # The users kept running through the fault: the user count of every history row from the
+    # first with all users (the master counts users from the workers' reports, which may come
+    # late on a loaded machine) to the end of the run (when Locust stops them).
+    counts = [(t, users) for t, users, _, _ in history if t < run.spawned + run_s - 2]
+    first_full = next((i for i, (_, users) in enumerate(counts) if users == USERS), len(counts))
+    result.users_during_run = sorted({users for _, users in counts[first_full:]})
     return result
 
 
