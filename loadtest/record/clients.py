@@ -10,6 +10,7 @@ import numpy as np
 from geventhttpclient import HTTPClient
 
 from loadtest.record import payload
+from serving.client import RECONNECT_OPTIONS
 
 REST_BODY_CACHE_BYTES = 64 * 1024 * 1024  # encoded JSON bodies kept per process
 
@@ -24,7 +25,9 @@ class GrpcPredictClient:
         self.model = model
         self.timeout_s = timeout_s
         unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.insecure_channel(target, options=unlimited)
+        # The typed client's reconnect back-off: back within ~1 s of a restart or a network cut
+        # (docs/reliability.md, Faults in the deployment).
+        self.channel = grpc.insecure_channel(target, options=[*unlimited, *RECONNECT_OPTIONS])
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._prepared: Any = None
 

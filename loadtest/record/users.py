@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import gevent
 import grpc
 from locust import User, constant, task
 from locust.env import Environment
@@ -23,6 +24,12 @@ from loadtest.record.clients import GrpcPredictClient, RestError, RestPredictCli
 from loadtest.record.options import DEFAULT_REST_URL, Combination, combinations_of
 
 SAMPLE = "loadtest_sample"  # our entry in the context of Locust's request events
+
+
+# A user waits this long after a failed request: against a server that is down (refused at once)
+# a closed loop without wait would spin, thousands of failures a second; with it a user fails at
+# most 1 / FAILURE_PAUSE_S times a second (the bound tests/test_containers_faults.py checks).
+FAILURE_PAUSE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,8 @@ class PredictUser(User):
             exception=exception,
             context={SAMPLE: sample},
         )
+        if exception is not None:
+            gevent.sleep(FAILURE_PAUSE_S)
 
 
 def _single(found: list[Combination], class_name: str) -> list[Combination]:

@@ -24,6 +24,23 @@ from contract.protos import (
 
 Protocol = Literal["grpc", "rest"]
 
+# How a channel gets back to a server that restarted, froze or was cut off the network
+# (docs/reliability.md, "Faults in the deployment", where tests/test_containers_faults.py measures
+# them). gRPC's defaults retry a refused connection after 1 s, growing 1.6x to 120 s, and give a
+# connection attempt 20 s: after a 10 s restart a channel could wait tens of seconds more. Here it
+# retries 0.1 s after the first failure, growing to at most 1 s, so it is back within about 1 s of
+# the server listening; an attempt still gets 1 s (the TCP and HTTP/2 handshakes). Keepalive pings
+# while calls are outstanding (never on an idle connection: the server's default ping policy
+# answers those with GOAWAY) find a connection whose peer vanished without a reset (a network cut)
+# in 10 s + 5 s instead of TCP's minutes, and the channel connects afresh.
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+)
+
 
 class ClientError(RuntimeError):
     """A request failed; ``code`` is the gRPC status name or the HTTP status."""
@@ -97,9 +114,9 @@ class ServingClient:
         if protocol == "grpc":
             if root_certificates is not None:
                 creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-                self._channel = grpc.secure_channel(target, creds)
+                self._channel = grpc.secure_channel(target, creds, options=RECONNECT_OPTIONS)
             else:
-                self._channel = grpc.insecure_channel(target)
+                self._channel = grpc.insecure_channel(target, options=RECONNECT_OPTIONS)
             self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
             self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
         elif protocol != "rest":
@@ -139,6 +156,12 @@ class ServingClient:
                 self._http = None
                 if attempt:
                     raise
+            except (OSError, http.client.HTTPException):
+                # A timeout (a frozen server) leaves the connection mid-request, where every later
+                # request raised CannotSendRequest: drop it so the next call connects afresh.
+                self._http.close()
+                self._http = None
+                raise
         try:
             decoded = json.loads(data) if data else {}
         except ValueError:

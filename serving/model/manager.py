@@ -166,12 +166,19 @@ class ModelManager:
                 v.state == VersionState.AVAILABLE and v.version in aspired
                 for v in model.versions.values()
             )
+            newest_loading = any(
+                v.state in (VersionState.START, VersionState.LOADING) and v.version in aspired
+                for v in model.versions.values()
+            )
             for number, version in list(model.versions.items()):
                 if version.state != VersionState.AVAILABLE or number in aspired:
                     continue
-                # Availability first: keep an old version until an aspired one serves, unless
-                # its directory is gone.
-                if newest_ready or number not in on_disk:
+                # Availability first: keep an old version until an aspired one serves, even when
+                # its directory is gone (its runtime is in memory) while a new one loads: a
+                # deployment writes the new version and removes the old at once, and unloading
+                # the old first failed requests with NOT_FOUND until the new one was loaded
+                # (tests/test_containers_faults.py). Gone with nothing loading: unload it.
+                if newest_ready or (number not in on_disk and not newest_loading):
                     self._schedule_unload(version)
             self._publish_states(model)
 
