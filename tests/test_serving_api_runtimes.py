@@ -21,6 +21,7 @@ from harness import ServerProcess
 from serving.client import ServingClient
 from serving.runtimes import RuntimeLoadError, RuntimeOptions, load_runtime
 from tests.conftest import copy_repository
+from tests.parity import TOLERANCE, assert_same
 from tests.test_serving_api import (  # noqa: F401 - collected here against each runtime's server
     model_stub,
     stub,
@@ -50,7 +51,6 @@ KINDS = [
     )
     for kind, package in PACKAGES.items()
 ]
-TOLERANCE = 1e-5  # export/parity.py's MAX_ABS_DIFF
 
 
 def _images(mnist, count: int, start: int = 0) -> np.ndarray:
@@ -87,20 +87,11 @@ def runtimes(request, exported_repository):
             runtime.close()
 
 
-def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert set(got) == set(want)
-    for name, expected in want.items():
-        assert got[name].dtype == expected.dtype, name
-        assert got[name].shape == expected.shape, name
-    np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=0, atol=TOLERANCE)
-    np.testing.assert_array_equal(got["classes"], want["classes"])
-
-
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_parity_with_onnxruntime_in_process(runtimes, mnist, model):
     runtime, reference = runtimes[model]
     images = _images(mnist, 1000)
-    _assert_same(
+    assert_same(
         runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images}),
         reference.predict(SIGNATURE_NAME, {INPUT_NAME: images}),
     )
@@ -123,7 +114,7 @@ def test_dynamic_batch_sizes_and_output_selection(runtimes, mnist, batch):
     runtime, reference = runtimes["separable"]
     images = _images(mnist, batch)
     images.flags.writeable = False  # as the server's views of request bytes are
-    _assert_same(
+    assert_same(
         runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images}),
         reference.predict(SIGNATURE_NAME, {INPUT_NAME: images}),
     )
@@ -143,7 +134,7 @@ def test_concurrent_predictions_are_independent(runtimes, mnist):
         results = list(pool.map(work, batches, timeout=120))
     for repeats, want in zip(results, expected, strict=True):
         for got in repeats:
-            _assert_same(got, want)
+            assert_same(got, want)
 
 
 def test_server_answers_match_onnxruntime_over_grpc_and_rest(onnx_server, onnx_reference, mnist):

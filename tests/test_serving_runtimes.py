@@ -365,3 +365,9 @@ def test_a_failed_start_quotes_the_server_log(tmp_path):
     with pytest.raises(RuntimeError, match="during start-up") as failure:
         ServerProcess(config, startup_timeout_s=60).start()
     assert "no version could be loaded for empty" in str(failure.value)
+
+
+def test_every_runtime_of_the_contract_has_an_implementation():
+    from serving.runtimes import _IMPLEMENTATIONS, RUNTIME_KINDS
+
+    assert set(_IMPLEMENTATIONS) == set(RUNTIME_KINDS)

@@ -11,6 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.parity import TOLERANCE, assert_same
+
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx2torch") is None:
     pytest.skip(
         "the torch runtime is opt-in and not installed here: `make setup WITH_TORCH=1` installs "
@@ -33,7 +35,6 @@ from serving.runtimes.onnx_torch_converters import (
 )
 
 PARITY_IMAGES = 512
-TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +59,12 @@ def runtimes(exported_repository):
         onnx_runtime.close()
 
 
-def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert set(got) == set(want)
-    for name, expected in want.items():
-        assert got[name].dtype == expected.dtype, name
-        assert got[name].shape == expected.shape, name
-    np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=0, atol=TOLERANCE)
-    np.testing.assert_array_equal(got["classes"], want["classes"])
-
-
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_parity_with_onnxruntime_on_mnist(runtimes, images, model):
     torch_runtime, onnx_runtime = runtimes[model]
     got = torch_runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
     want = onnx_runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
-    _assert_same(got, want)
+    assert_same(got, want)
     assert np.abs(got["probabilities"] - want["probabilities"]).max() <= TOLERANCE
 
 
@@ -91,7 +83,7 @@ def test_dynamic_batch_sizes(runtimes, images, model, batch):
     got = torch_runtime.predict(SIGNATURE_NAME, {INPUT_NAME: x})
     assert got["probabilities"].shape == (batch, 10)
     assert got["classes"].shape == (batch,)
-    _assert_same(got, onnx_runtime.predict(SIGNATURE_NAME, {INPUT_NAME: x}))
+    assert_same(got, onnx_runtime.predict(SIGNATURE_NAME, {INPUT_NAME: x}))
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -130,7 +122,7 @@ def test_concurrent_predictions_are_independent(runtimes, images):
         results = list(pool.map(work, batches, timeout=60))
     for repeats, want in zip(results, expected, strict=True):
         for got in repeats:
-            _assert_same(got, want)
+            assert_same(got, want)
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)

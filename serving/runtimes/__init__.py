@@ -5,6 +5,7 @@ Each implementation is imported only when chosen, so the ONNX server never impor
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from contract import RUNTIMES
@@ -29,39 +30,29 @@ __all__ = [
 ]
 
 
+# Each runtime's module and class, and for the optional ones what to install when its import fails
+# (the message names the extra). Imported only when chosen.
+_IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
+    "onnx": ("serving.runtimes.onnx", "OnnxRuntime", ""),
+    "tensorflow": ("serving.runtimes.tensorflow", "TensorFlowRuntime", ""),
+    "torch": ("serving.runtimes.torch", "TorchRuntime", "PyTorch and onnx2torch"),
+    "openvino": ("serving.runtimes.openvino", "OpenVinoRuntime", "OpenVINO"),
+    "litert": ("serving.runtimes.litert", "LiteRtRuntime", "ai-edge-litert"),
+}
+
+
 def load_runtime(kind: str, version_dir: Path, options: RuntimeOptions | None = None) -> Runtime:
     """Load ``version_dir`` with the runtime ``kind`` (one of ``RUNTIME_KINDS``)."""
-    options = options or RuntimeOptions()
-    if kind == "onnx":
-        from serving.runtimes.onnx import OnnxRuntime
-
-        return OnnxRuntime(version_dir, options)
-    if kind == "tensorflow":
-        from serving.runtimes.tensorflow import TensorFlowRuntime
-
-        return TensorFlowRuntime(version_dir, options)
-    if kind == "torch":
-        try:
-            from serving.runtimes.torch import TorchRuntime
-        except ImportError as exc:
-            raise RuntimeLoadError(
-                f"the torch runtime needs PyTorch and onnx2torch (pip install .[torch]): {exc}"
-            ) from exc
-        return TorchRuntime(version_dir, options)
-    if kind == "openvino":
-        try:
-            from serving.runtimes.openvino import OpenVinoRuntime
-        except ImportError as exc:
-            raise RuntimeLoadError(
-                f"the openvino runtime needs OpenVINO (pip install .[openvino]): {exc}"
-            ) from exc
-        return OpenVinoRuntime(version_dir, options)
-    if kind == "litert":
-        try:
-            from serving.runtimes.litert import LiteRtRuntime
-        except ImportError as exc:
-            raise RuntimeLoadError(
-                f"the litert runtime needs ai-edge-litert (pip install .[litert]): {exc}"
-            ) from exc
-        return LiteRtRuntime(version_dir, options)
-    raise RuntimeLoadError(f"unknown runtime {kind!r}; expected one of {RUNTIME_KINDS}")
+    if kind not in _IMPLEMENTATIONS:
+        raise RuntimeLoadError(f"unknown runtime {kind!r}; expected one of {RUNTIME_KINDS}")
+    module_name, class_name, needs = _IMPLEMENTATIONS[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if not needs:
+            raise
+        raise RuntimeLoadError(
+            f"the {kind} runtime needs {needs} (pip install .[{kind}]): {exc}"
+        ) from exc
+    runtime_class: type[Runtime] = getattr(module, class_name)
+    return runtime_class(version_dir, options or RuntimeOptions())
