@@ -16,6 +16,7 @@ from PIL import Image
 from loadtest import report
 from loadtest.cells import COLUMNS, read_results, sample_key, write_results
 from loadtest.flops import REFERENCE_COSTS, TRAINING_METRICS_IN_VERSION, model_costs
+from loadtest.report.agreement import Agreement
 from loadtest.report.analysis import (
     FLAG_INTERFERENCE,
     FLAG_NO_DIFFERENCE,
@@ -403,10 +404,31 @@ def test_server_breakdown_and_inference_check(tmp_path):
     assert "| onnx/cpu | standard | gRPC | 32 | 1 | 10.000 | 10.200 | — | ok |" in views
     assert (
         "| onnx/cpu | separable | gRPC | 32 | 1 | 6.667 | 10.200 | — | [g] server infer +53% "
-        "(0.6 in flight) |" in views
+        "(0.6 in flight, CPU +116%) |" in views
     )
     assert_non_blank_png(tmp_path / "plots" / "server_breakdown.png")
     assert "outside the model" in text.split("## Method")[0]
+
+
+def test_a_longer_inference_phase_is_explained_by_the_servers_cpu_per_request():
+    # One inference always in flight and 2.9 ms more CPU per request than the floor's call:
+    # the other requests' transport ran on the same core during inferences (issue #21).
+    shared = Agreement("separable", 7.611, 9.530, None, in_flight=0.97, server_cpu_ms=10.5)
+    assert not shared.ok
+    assert shared.reason() == (
+        "separable: floor 7.611 ms vs server infer 9.530 ms (+25%): server infer slower than "
+        "the floor; 1.0 inferences in flight on average (infer ms × requests/s); the server "
+        "used 10.500 ms of CPU per request, +2.889 ms against the floor's call: its other work "
+        "(gRPC transport, decode and encode of the requests in flight) ran on the same CPUs "
+        "while an inference was in flight"
+    )
+    assert shared.short() == "[g] server infer +25% (1.0 in flight, CPU +38%)"
+    # Idle half the time and no more CPU than the floor: the numbers, no explanation claimed.
+    idle = Agreement("standard", 10.0, 12.0, None, in_flight=0.5, server_cpu_ms=10.5)
+    assert idle.reason().endswith(
+        "the server used 10.500 ms of CPU per request, +0.500 ms against the floor's call"
+    )
+    assert Agreement("standard", 10.0, 10.5, None, in_flight=1.0, server_cpu_ms=14.0).ok
 
 
 OPPROFILE = """runtime,device,model,batch_size,op_kind,ms,macs,gmacs_per_s
@@ -567,6 +589,27 @@ def test_operator_profile_of_the_exported_models(exported_repository):
     assert by[("separable", 4, "pointwise")]["ms"] > 0
     assert by[("separable", 4, "standard conv")]["macs"] == 0
     assert by[("separable", 1, "pooling")]["gmacs_per_s"] is None  # no MACs, no rate
+
+
+def test_operator_profile_calls_the_runtime_in_the_servers_runs(exported_repository):
+    # A profiled call is the server's call: more rows than --max_rows_per_run go through the
+    # runtime in runs of that many rows (serving.model.runs), with the server's thread counts.
+    from loadtest.run.opprofile import profile_rows, run_rows
+
+    assert run_rows(256, 64) == [64, 64, 64, 64]
+    assert run_rows(100, 64) == [64, 36]
+    assert run_rows(32, 64) == [32] and run_rows(300, 0) == [300]
+    costs = model_costs(exported_repository)
+    for runtime in ("onnx", "openvino"):
+        if runtime == "openvino":
+            pytest.importorskip("openvino")
+        rows = profile_rows(
+            runtime, exported_repository, ["separable"], [6], server_args=["--max_rows_per_run=2"]
+        )
+        by = {r["op_kind"]: r for r in rows}
+        # Three runs of 2 rows make one call of 6 rows: MACs per call are 6 images' worth.
+        assert by["dense"]["macs"] == 6 * costs["separable"]["dense_macs"], runtime
+        assert by["depthwise"]["ms"] > 0 and by["pointwise"]["ms"] > 0, runtime
 
 
 def test_tensorflow_operator_profile_from_its_own_profiler(exported_repository):

@@ -6,7 +6,12 @@ batch size).
 
 Each view is compared with the floor: within ±10 % it agrees; otherwise the cell is flagged with
 the measured reason, the numbers and the direction of each view that differs (and, for the
-operator profile, its two largest parts).
+operator profile, its two largest parts). A server inference phase longer than the floor is
+explained by two measured figures of the cell: how many inferences ran at once (infer ms ×
+requests/s: above 1.1 they shared the server's cores) and the server process's CPU time per
+request (``server_cpu`` % ÷ requests/s) against the floor's call: with about one inference in
+flight and more CPU per request than the floor, the rest of the server's work (gRPC transport,
+decode, encode of the other requests in flight) ran on the same CPUs during inferences.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Agreement:
     profile_ms: float | None
     profile_parts: tuple[tuple[str, float], ...] = ()
     in_flight: float | None = None  # server infer ms × requests/s: inferences running at once
+    server_cpu_ms: float | None = None  # the server process's CPU ms per request over the cell
 
     def _off(self) -> list[tuple[str, float, float]]:
         """(view, ms, relative difference to the floor) of each view beyond the tolerance."""
@@ -66,15 +72,37 @@ class Agreement:
                 f"; {self.in_flight:.1f} inferences in flight on average "
                 f"(infer ms × requests/s){overlap}"
             )
+        if "server infer" in names and self.server_cpu_ms is not None:
+            extra = self.server_cpu_ms - self.floor_ms
+            text += (
+                f"; the server used {self.server_cpu_ms:.3f} ms of CPU per request, "
+                f"{extra:+.3f} ms against the floor's call"
+            )
+            if self._cpu_shared():
+                text += (
+                    ": its other work (gRPC transport, decode and encode of the requests in "
+                    "flight) ran on the same CPUs while an inference was in flight"
+                )
         if "op profile" in names and self.profile_parts:
             parts = sorted(self.profile_parts, key=lambda p: -p[1])[:2]
             listed = ", ".join(f"{kind} {ms:.3f} ms" for kind, ms in parts)
             text += f"; op profile's largest parts: {listed}"
         return text
 
+    def _cpu_shared(self) -> bool:
+        # About one inference always in flight and more CPU per request than the floor's call:
+        # the difference ran on the server's CPUs during inference phases.
+        return (
+            self.server_cpu_ms is not None
+            and self.in_flight is not None
+            and self.in_flight >= 1 - AGREE_WITHIN
+            and self.server_cpu_ms > self.floor_ms * (1 + AGREE_WITHIN)
+        )
+
     def short(self) -> str:
-        """``ok``, or ``[g] server infer +89% (1.8 in flight), op profile +145%`` for a table (the
-        full reason goes to ratios.csv)."""
+        """``ok``, or ``[g] server infer +89% (1.8 in flight, CPU +95%), op profile +145%`` for a
+        table (the full reason goes to ratios.csv); CPU: the server's CPU time per request
+        against the floor's call."""
         off = self._off()
         if not off:
             return "ok"
@@ -82,7 +110,10 @@ class Agreement:
         for name, _, delta in off:
             extra = ""
             if name == "server infer" and self.in_flight is not None:
-                extra = f" ({self.in_flight:.1f} in flight)"
+                cpu = ""
+                if self.server_cpu_ms is not None:
+                    cpu = f", CPU {self.server_cpu_ms / self.floor_ms - 1:+.0%}"
+                extra = f" ({self.in_flight:.1f} in flight{cpu})"
             parts.append(f"{name} {delta:+.0%}{extra}")
         return "[g] " + ", ".join(parts)
 
@@ -119,4 +150,7 @@ def agreement(index: Index, key: Key, opprofile: Sequence[OpRow] = ()) -> Agreem
         return None
     rate = num(served_row["requests_per_s"]) if served_row else None
     in_flight = infer * rate / 1000.0 if infer is not None and rate else None
-    return Agreement(key.model, floor, infer, profile, parts, in_flight)
+    server_cpu = num(served_row["server_cpu"]) if served_row else None
+    # server_cpu is % of one core over the measurement window, as requests_per_s is.
+    cpu_ms = 10.0 * server_cpu / rate if server_cpu and rate else None
+    return Agreement(key.model, floor, infer, profile, parts, in_flight, cpu_ms)

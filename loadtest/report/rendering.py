@@ -111,7 +111,9 @@ def _method_lines(run: Run, ratios: Sequence[RatioRow]) -> list[str]:
         "- A served ratio above the in-process ratio beyond its interval is flagged "
         "`suspect: interference` and never headlined. In every served cell, the in-process p50 "
         "per call (the floor), the server's mean inference phase and the op-profile sum must "
-        f"agree within {AGREE_WITHIN:.0%}, else the cell is flagged with the measured numbers.",
+        f"agree within {AGREE_WITHIN:.0%}, else the cell is flagged with the measured numbers; a "
+        "longer inference phase comes with the inferences in flight (infer ms × requests/s) and "
+        "the server's CPU time per request (its CPU % ÷ requests/s) against the floor's call.",
         _pinning_line(run),
     ]
 
@@ -298,7 +300,9 @@ def _time_sections(d: _Derived) -> list[str]:
         "",
         "Per served cell and model: the in-process p50 per call (the floor), the server's mean "
         "`infer` phase, the op-profile sum (ms per call); each beyond "
-        f"{AGREE_WITHIN:.0%} of the floor is flagged `[g]` with its numbers.",
+        f"{AGREE_WITHIN:.0%} of the floor is flagged `[g]` with its numbers: for the inference "
+        "phase, the inferences in flight and the server's CPU time per request against the floor "
+        "(`CPU +38%`: 38% more CPU per request than the floor's call; ratios.csv says what ran).",
         "",
         *agreement_lines(d.index, d.run.opprofile),
         "",

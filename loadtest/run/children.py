@@ -125,6 +125,7 @@ def run_opprofile(runtime: str, config: SweepConfig, run_dir: Path) -> str | Non
         *("--models", ",".join(config.grid.models)),
         *("--batch-sizes", ",".join(map(str, DEFAULT_BATCH_SIZES))),
         *("--output", str(run_dir / OPPROFILE_CSV)),
+        f"--server-args={shlex.join(config.server_args)}",
     ]
     log_path = run_dir / f"opprofile-{runtime}.log"
     returncode = _child(command, log_path, 900, config.server_cpus)

@@ -9,9 +9,14 @@ Multiply-adds per kind come from the unoptimised graph (shape inference: a convo
 ``C_out·H_out·W_out·(C_in/group)·k_h·k_w`` per image, a MatMul/Gemm ``K·N``), so
 ``gmacs_per_s = macs / ms`` is the arithmetic rate each kind of layer achieves.
 
-The session is opened as the ONNX runtime of the server opens it (all graph optimisations, no
-thread spinning, one intra-op thread up to :data:`serving.runtimes.onnx.SMALL_BATCH_ROWS` rows),
-so the profile is that of the served model.
+Every profiler runs the model as the server started with the sweep's ``--server-args`` would
+(:func:`loadtest.run.floor.server_way`): its runtime options, threads sized from the CPU set the
+process is given (ONNX Runtime's default pool would pin a thread to every core of the machine,
+outside it) and calls of more than ``--max_rows_per_run`` rows in runs of that many rows
+(:func:`run_rows`, as ``serving.model.runs.predict_in_runs`` splits them): a profiled call is
+the server's call, so its sum compares with the in-process floor. The ONNX session is opened as
+the server's ONNX runtime opens it (all graph optimisations, no thread spinning, one intra-op
+thread up to :data:`serving.runtimes.onnx.SMALL_BATCH_ROWS` rows).
 
 The TensorFlow runtime is profiled with ``tf.profiler`` around the runtime's own ``predict``
 calls, on TF's default executor at every batch size (the server's single-threaded executor for
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -181,7 +187,15 @@ class GraphCosts:
         return kind if kind in ("standard conv", "depthwise", "pointwise") else "standard conv"
 
 
-def _session(model_path: Path, batch_size: int, profile_prefix: str) -> Any:
+def run_rows(batch_size: int, max_rows: int) -> list[int]:
+    """The rows of each runtime call the server makes for a ``batch_size``-row request with
+    ``--max_rows_per_run max_rows`` (0: one call), as ``predict_in_runs`` slices it."""
+    if not max_rows or batch_size <= max_rows:
+        return [batch_size]
+    return [min(max_rows, batch_size - start) for start in range(0, batch_size, max_rows)]
+
+
+def _session(model_path: Path, rows: int, intra_op_threads: int, profile_prefix: str) -> Any:
     import onnxruntime as ort
 
     from serving.runtimes.onnx import SMALL_BATCH_ROWS
@@ -190,22 +204,30 @@ def _session(model_path: Path, batch_size: int, profile_prefix: str) -> Any:
     options.enable_profiling = True
     options.profile_file_prefix = profile_prefix
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if batch_size <= SMALL_BATCH_ROWS:
-        options.intra_op_num_threads = 1
+    # Explicit counts, as the server's runtime sets them: 0 would give ORT's default pool, a
+    # thread pinned to every core of the machine, outside the CPU set.
+    options.intra_op_num_threads = 1 if rows <= SMALL_BATCH_ROWS else intra_op_threads
+    # The inter-op pool exists only in parallel execution mode; sized all the same (its default
+    # would pin its threads like the intra-op one).
+    options.inter_op_num_threads = intra_op_threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
 def kind_times(
-    trace: Sequence[Mapping[str, Any]], costs: GraphCosts, measured_calls: int
+    trace: Sequence[Mapping[str, Any]],
+    costs: GraphCosts,
+    measured_runs: int,
+    calls: int | None = None,
 ) -> dict[str, float]:
-    """Mean milliseconds per call per layer kind over the last ``measured_calls`` runs of an ONNX
-    Runtime profiler trace (earlier runs are the warm-up), ``call overhead`` included."""
+    """Mean milliseconds per call per layer kind over the last ``measured_runs`` runs of an ONNX
+    Runtime profiler trace (earlier runs are the warm-up), ``call overhead`` included; a call is
+    ``measured_runs / calls`` runs (the server's slices of one request; default one run)."""
     runs = sorted(
         (e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"),
         key=lambda e: float(e["ts"]),
-    )[-measured_calls:]
+    )[-measured_runs:]
     if not runs:
         raise ValueError("the profiler trace has no model_run event")
     windows = [(float(r["ts"]), float(r["ts"]) + float(r["dur"])) for r in runs]
@@ -222,28 +244,48 @@ def kind_times(
     run_total = sum(float(r["dur"]) for r in runs)
     kernels = sum(totals.values())
     totals["call overhead"] = max(run_total - kernels, 0.0)
-    return {kind: us / 1000.0 / len(runs) for kind, us in totals.items()}
+    per_call = calls or len(runs)
+    return {kind: us / 1000.0 / per_call for kind, us in totals.items()}
 
 
 def profile_model(
-    model_path: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
+    model_path: Path,
+    batch_size: int,
+    *,
+    intra_op_threads: int = 0,
+    max_rows: int = 0,
+    min_seconds: float = 0.5,
+    warmup_calls: int = 3,
 ) -> dict[str, tuple[float, int]]:
-    """{kind: (ms per call, MACs per call)} for ``model_path`` at ``batch_size``."""
+    """{kind: (ms per call, MACs per call)} for ``model_path`` at ``batch_size``, a call being
+    the server's runs of at most ``max_rows`` rows; ``intra_op_threads`` 0: one per CPU of the
+    process's CPU set."""
+    from serving.runtimes.cpuset import threads_or_cpu_count
+
     costs = GraphCosts(model_path)
+    slices = run_rows(batch_size, max_rows)
+    threads = threads_or_cpu_count(intra_op_threads)
     with tempfile.TemporaryDirectory(prefix="opprofile-") as tmp:
-        session = _session(model_path, batch_size, str(Path(tmp) / "trace"))
+        session = _session(model_path, slices[0], threads, str(Path(tmp) / "trace"))
         meta = session.get_inputs()[0]
         shape = [batch_size, *(d if isinstance(d, int) else 1 for d in meta.shape[1:])]
         rng = np.random.default_rng(0)
         images = rng.random(shape, dtype=np.float32)
+
+        def call() -> None:
+            start = 0
+            for rows in slices:
+                session.run(None, {meta.name: images[start : start + rows]})
+                start += rows
+
         for _ in range(warmup_calls):
-            session.run(None, {meta.name: images})
+            call()
         calls, deadline = 0, time.perf_counter() + min_seconds
         while calls < MIN_CALLS or time.perf_counter() < deadline:
-            session.run(None, {meta.name: images})
+            call()
             calls += 1
         trace = json.loads(Path(session.end_profiling()).read_text())
-    times = kind_times(trace, costs, calls)
+    times = kind_times(trace, costs, calls * len(slices), calls)
     per_image = costs.macs_by_kind()
     return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
 
@@ -254,21 +296,30 @@ def profile_rows(
     models: Iterable[str],
     batch_sizes: Iterable[int],
     device: str = "cpu",
+    server_args: Sequence[str] = (),
 ) -> list[OpRow]:
-    """Profile every model at every batch size; rows for ``opprofile.csv``."""
+    """Profile every model at every batch size as the server started with ``server_args`` runs
+    it; rows for ``opprofile.csv``."""
     from contract import ONNX_FILENAME
-    from loadtest.run.floor import latest_version_dir
+    from loadtest.run.floor import latest_version_dir, server_way
     from loadtest.run.opprofile_ov import profile_openvino
     from loadtest.run.opprofile_tf import profile_tensorflow
 
-    profilers = {
-        "onnx": lambda v, b: profile_model(v / ONNX_FILENAME, b),
-        "tensorflow": profile_tensorflow,
-        "openvino": profile_openvino,
-    }
-
     if runtime not in PROFILED_RUNTIMES:
         raise ValueError(f"no per-operator profiler for runtime {runtime!r}")
+    way = server_way(runtime, models_dir, device, server_args)
+    way.close()  # only its settings are used: each profiler calls the runtime on this thread
+    options, max_rows = way.options, way.max_rows_per_run
+    profilers = {
+        "onnx": lambda v, b: profile_model(
+            v / ONNX_FILENAME,
+            b,
+            intra_op_threads=options.intra_op_threads,
+            max_rows=max_rows,
+        ),
+        "tensorflow": lambda v, b: profile_tensorflow(v, b, options=options, max_rows=max_rows),
+        "openvino": lambda v, b: profile_openvino(v, b, options=options, max_rows=max_rows),
+    }
     rows: list[OpRow] = []
     for model in models:
         version_dir = latest_version_dir(models_dir, model)
@@ -342,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, required=True, help="opprofile.csv to append to")
     parser.add_argument("--cpus", help="pin this process to these CPU ids (comma-separated)")
+    parser.add_argument(
+        "--server-args", default="", help="the server's extra flags, to configure it the same way"
+    )
     args = parser.parse_args(argv)
     pin_from_flag(args.cpus)
     try:
@@ -350,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.models_dir,
             comma_list(args.models, "--models"),
             list(ints(args.batch_sizes, "--batch-sizes", MAX_BATCH_SIZE)),
+            server_args=shlex.split(args.server_args),
         )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"per-operator profile failed: {exc}", file=sys.stderr)

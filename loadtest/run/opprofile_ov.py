@@ -76,37 +76,61 @@ def node_kind(name: str, layer_type: str, exec_type: str, kinds: dict[str, str])
     return "rest"
 
 
+def _add_counters(request: Any, infos: dict[str, Any], totals: dict[str, float]) -> None:
+    for info in request.profiling_info:
+        if info.status.name == "EXECUTED":
+            infos.setdefault(info.node_name, info)
+            totals[info.node_name] = (
+                totals.get(info.node_name, 0.0) + info.real_time.total_seconds() * 1e6
+            )
+
+
 def profile_nodes(
-    version_dir: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
+    version_dir: Path,
+    batch_size: int,
+    *,
+    options: Any = None,
+    max_rows: int = 0,
+    min_seconds: float = 0.5,
+    warmup_calls: int = 3,
 ) -> tuple[list[OvNode], float]:
     """The executed nodes of ``version_dir``'s model compiled as the server compiles it (threads
-    from the CPU set, f32), with their mean time per call, and the mean wall ms of a call."""
+    from the CPU set, f32; ``options``: the server's ``RuntimeOptions``), with their mean time
+    per call, and the mean wall ms of a call; a call is the server's runs of at most
+    ``max_rows`` rows (0: one run)."""
     from contract import ONNX_FILENAME, SIGNATURE_NAME
-    from loadtest.run.opprofile import MIN_CALLS
+    from loadtest.run.opprofile import MIN_CALLS, run_rows
     from serving.runtimes import RuntimeOptions
     from serving.runtimes.openvino import OpenVinoRuntime
 
-    runtime = OpenVinoRuntime(version_dir, RuntimeOptions(), perf_count=True)
+    runtime = OpenVinoRuntime(version_dir, options or RuntimeOptions(), perf_count=True)
     request = runtime.compiled.create_infer_request()
     name = next(iter(runtime.signatures[SIGNATURE_NAME].inputs))
     images = np.random.default_rng(0).random((batch_size, 28, 28, 1), dtype=np.float32)
-    for _ in range(warmup_calls):
-        request.infer({name: images})
+    slices = run_rows(batch_size, max_rows)
     totals: dict[str, float] = {}
     infos: dict[str, Any] = {}
+
+    def call(record: bool) -> float:
+        """One server call (its runs); the seconds spent in ``infer``."""
+        start, seconds = 0, 0.0
+        for rows in slices:
+            started = time.perf_counter()
+            request.infer({name: images[start : start + rows]})
+            seconds += time.perf_counter() - started
+            start += rows
+            if record:
+                # The counters are those of the last infer: summed run by run, outside the timing.
+                _add_counters(request, infos, totals)
+        return seconds
+
+    for _ in range(warmup_calls):
+        call(record=False)
     calls, wall = 0, 0.0
     deadline = time.perf_counter() + min_seconds
     while calls < MIN_CALLS or time.perf_counter() < deadline:
-        started = time.perf_counter()
-        request.infer({name: images})
-        wall += time.perf_counter() - started
+        wall += call(record=True)
         calls += 1
-        for info in request.profiling_info:
-            if info.status.name == "EXECUTED":
-                infos.setdefault(info.node_name, info)
-                totals[info.node_name] = (
-                    totals.get(info.node_name, 0.0) + info.real_time.total_seconds() * 1e6
-                )
     kinds = layer_kinds(version_dir / ONNX_FILENAME)
     nodes = [
         OvNode(
@@ -121,13 +145,16 @@ def profile_nodes(
     return nodes, wall * 1000.0 / calls
 
 
-def profile_openvino(version_dir: Path, batch_size: int) -> dict[str, tuple[float, int]]:
-    """{kind: (ms per call, MACs per call)} of OpenVINO's CPU plugin, ``call overhead``: a
-    call's wall time that no node's counter accounts for."""
+def profile_openvino(
+    version_dir: Path, batch_size: int, *, options: Any = None, max_rows: int = 0
+) -> dict[str, tuple[float, int]]:
+    """{kind: (ms per call, MACs per call)} of OpenVINO's CPU plugin called as the server calls
+    it (:func:`profile_nodes`), ``call overhead``: a call's wall time that no node's counter
+    accounts for."""
     from contract import ONNX_FILENAME
     from loadtest.run.opprofile import OP_KINDS, GraphCosts
 
-    nodes, wall_ms = profile_nodes(version_dir, batch_size)
+    nodes, wall_ms = profile_nodes(version_dir, batch_size, options=options, max_rows=max_rows)
     times = dict.fromkeys(OP_KINDS, 0.0)
     for node in nodes:
         times[node.kind] += node.us / 1000.0

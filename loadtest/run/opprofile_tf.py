@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,35 +105,42 @@ def framework_op_times(xplane_paths: Sequence[str], calls: int) -> dict[str, flo
 
 
 def profiled_calls(
-    version_dir: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
+    version_dir: Path,
+    batch_size: int,
+    *,
+    options: Any = None,
+    max_rows: int = 0,
+    min_seconds: float = 0.5,
+    warmup_calls: int = 3,
 ) -> tuple[list[tuple[str, str, float]], int, float]:
     """The TensorFlow runtime's ``predict`` under TF's profiler: its ops (kernel type, name,
-    self µs summed over the calls), the calls and their wall seconds."""
+    self µs summed over the calls), the calls and their wall seconds. ``options``: the server's
+    ``RuntimeOptions`` (default: the defaults); a call is the server's runs of at most
+    ``max_rows`` rows (0: one run)."""
     import tensorflow as tf
 
     from contract import INPUT_NAME, SIGNATURE_NAME
+    from serving.model.runs import predict_in_runs
     from serving.runtimes import RuntimeOptions, load_runtime
     from serving.runtimes.tensorflow import TensorFlowRuntime
 
-    runtime = load_runtime("tensorflow", version_dir, RuntimeOptions())
+    runtime = load_runtime("tensorflow", version_dir, options or RuntimeOptions())
     # The server runs up to 8 rows on TF's single-threaded executor, whose kernels TF's
     # profiler does not record: the default executor here, same kernels, its own overhead.
     assert isinstance(runtime, TensorFlowRuntime)
     runtime.single_threaded_max_rows = 0
     images = np.random.default_rng(0).random((batch_size, 28, 28, 1), dtype=np.float32)
+
+    def call() -> None:
+        predict_in_runs(runtime, SIGNATURE_NAME, {INPUT_NAME: images}, batch_size, max_rows)
+
     try:
         for _ in range(warmup_calls):
-            runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
+            call()
         with tempfile.TemporaryDirectory(prefix="tfprofile-") as tmp:
-            calls, wall = 0, 0.0
-            deadline = time.perf_counter() + min_seconds
             tf.profiler.experimental.start(tmp)
             try:
-                while calls < MIN_CALLS or time.perf_counter() < deadline:
-                    started = time.perf_counter()
-                    runtime.predict(SIGNATURE_NAME, {INPUT_NAME: images})
-                    wall += time.perf_counter() - started
-                    calls += 1
+                calls, wall = _timed_calls(call, min_seconds)
             finally:
                 tf.profiler.experimental.stop()
             ops = framework_ops([str(p) for p in Path(tmp).rglob("*.xplane.pb")])
@@ -141,14 +149,38 @@ def profiled_calls(
     return ops, calls, wall
 
 
+def _timed_calls(call: Callable[[], None], min_seconds: float) -> tuple[int, float]:
+    """Call at least ``MIN_CALLS`` times and ``min_seconds``; (calls, seconds in them)."""
+    calls, wall = 0, 0.0
+    deadline = time.perf_counter() + min_seconds
+    while calls < MIN_CALLS or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        wall += time.perf_counter() - started
+        calls += 1
+    return calls, wall
+
+
 def profile_tensorflow(
-    version_dir: Path, batch_size: int, *, min_seconds: float = 0.5, warmup_calls: int = 3
+    version_dir: Path,
+    batch_size: int,
+    *,
+    options: Any = None,
+    max_rows: int = 0,
+    min_seconds: float = 0.5,
+    warmup_calls: int = 3,
 ) -> dict[str, tuple[float, int]]:
-    """{kind: (ms per call, MACs per call)} of the TensorFlow runtime's ``predict``."""
+    """{kind: (ms per call, MACs per call)} of the TensorFlow runtime's ``predict``, called as
+    the server calls it (``options``, runs of ``max_rows``: :func:`profiled_calls`)."""
     from contract import ONNX_FILENAME
 
     ops, calls, wall = profiled_calls(
-        version_dir, batch_size, min_seconds=min_seconds, warmup_calls=warmup_calls
+        version_dir,
+        batch_size,
+        options=options,
+        max_rows=max_rows,
+        min_seconds=min_seconds,
+        warmup_calls=warmup_calls,
     )
     times: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
     for (_, _, self_us), kind in zip(ops, op_kinds(ops), strict=True):
