@@ -155,20 +155,21 @@ def test_committed_single_run_grid_still_renders(tmp_path):
 
 def test_committed_full_grid_renders_with_every_cell_measured(tmp_path):
     """The grid behind the README: 3 alternating repetitions everywhere, every cell with an
-    interval, REST at batch 256 x 32 users completing requests; a cell flagged as interference
-    is never the headline."""
+    interval and its requests completed; a cell flagged as interference is never the headline."""
     target = tmp_path / "cpu-2core"
     shutil.copytree(
         REPO / "results" / "cpu-2core",
         target,
-        ignore=shutil.ignore_patterns("single-run-grid-*", "pinning-*", "training", "data-plane-*"),
+        ignore=shutil.ignore_patterns(
+            "single-run-grid-*", "grid-*", "pinning-*", "training", "data-plane-*", "batch256*"
+        ),
     )
     text = report.render(target).read_text()
     # --headline prints report.md's own first table and verdict, not a second account of them.
     assert f"## Verdict\n\n{report.headline(target)}\n\n## Method" in text
     with open(target / "ratios.csv", newline="") as handle:
         ratios = list(csv.DictReader(handle))
-    assert len(ratios) == 42  # 2 runtimes x (3 in-process + 2 protocols x 3 batches x 3 users)
+    assert len(ratios) == 36  # 4 runtimes x (3 in-process + gRPC x 3 batches x 2 users)
     cells = [
         (r["runtime"], r["device"], r["mode"], r["protocol"], r["batch_size"], r["concurrency"])
         for r in ratios
