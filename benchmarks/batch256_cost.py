@@ -275,9 +275,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor_child:
         floor_child(args.floor_child, args.models_dir, args.models, args.batch, args.seconds)
         return 0
-    # This process and the load's client processes (spawned from it) on the generator's CPU.
+    # This process and the load's client processes (spawned from it) on the generator's CPU;
+    # its own CPU set back afterwards (the tests call main in the test process).
+    previous = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {args.generator_cpu})
-    work = Path(tempfile.mkdtemp(prefix="batch256-cost-"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="batch256-cost-") as work:
+            _measure_all(args, Path(work))
+    finally:
+        os.sched_setaffinity(0, previous)
+    return 0
+
+
+def _measure_all(args: argparse.Namespace, work: Path) -> None:
     print(
         f"CPU {args.server_cpu}: server or floor (perf -C {args.server_cpu}, {FREQUENCY_HZ} Hz); "
         f"CPU {args.generator_cpu}: load generator",
@@ -301,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
                             _profile_served(args, runtime, model, out, minimal=what == "minimal")
                         )
             print(_table(runtime, model, measured, args), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -107,3 +107,50 @@ def test_perf_by_library(model_repository, tmp_path, capsys):
     permitted = subprocess.run(probe, capture_output=True).returncode
     if permitted == 0:
         assert lines[1:] and all(" us/req  " in line for line in lines[1:])
+
+
+def test_batch256_cost_reads_perf_report():
+    from benchmarks.batch256_cost import group_of, samples_by_group
+
+    report = """# Overhead       Samples  Command       Shared Object
+# ........  ............  ............  ...........................
+#
+    60.00%          1200  python        onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so
+    10.00%           200  python        libpython3.11.so.1.0
+     5.00%           100  event_engine  [kernel.kallsyms]
+     4.00%            80  python        libc.so.6
+     2.00%            40  python        [unknown]
+     1.00%            20  swapper       [kernel.kallsyms]
+"""
+    # The idle task is not the server's time; JIT-compiled kernels (perf's [unknown]) are "other".
+    assert samples_by_group(report) == {
+        "runtime": 1200,
+        "Python interpreter": 200,
+        "kernel (sockets, scheduling)": 100,
+        "libc (memcpy, malloc)": 80,
+        "other": 40,
+    }
+    assert group_of("cygrpc.cpython-311-x86_64-linux-gnu.so") == "gRPC core"
+    assert group_of("_message.abi3.so") == "protobuf"
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="Linux perf is not installed")
+def test_batch256_cost(model_repository, tmp_path, capsys):
+    import os
+
+    from benchmarks import batch256_cost
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs: one for the server, one for the load")
+    probe = ["perf", "record", "-C", "0", "-o", str(tmp_path / "probe.perf"), "--", "true"]
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("perf may not sample a whole CPU here (perf_event_paranoid)")
+    cpus = sorted(os.sched_getaffinity(0))
+    argv = ["--models-dir", str(model_repository), "--runtimes", "onnx", "--models", "separable"]
+    argv += ["--batch", "8", "--concurrency", "2", "--seconds", "1", "--repeats", "1"]
+    argv += ["--server-cpu", str(cpus[0]), "--generator-cpu", str(cpus[1])]
+    assert batch256_cost.main(argv) == 0
+    assert sorted(os.sched_getaffinity(0)) == cpus  # this process's CPU set given back
+    text = capsys.readouterr().out
+    assert "onnx / separable, batch 8, 2 users" in text
+    assert "served / in-process" in text and "  total  " in text
