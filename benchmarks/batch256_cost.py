@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
+import contextlib
 import re
 import statistics
 import subprocess
@@ -128,15 +128,18 @@ def floor_child(runtime: str, models_dir: Path, model: str, batch: int, seconds:
 
 
 def _profile_floor(args: argparse.Namespace, runtime: str, model: str, out: Path) -> dict[str, Any]:
-    child = subprocess.Popen(
-        [
-            *("taskset", "-c", str(args.server_cpu), sys.executable, "-m", _MODULE),
-            *("--floor-child", runtime, "--models-dir", str(args.models_dir), "--models", model),
-            *("--batch", str(args.batch), "--seconds", str(args.seconds + 1.5)),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    from loadtest.run.cpu import pinned
+
+    with pinned({args.server_cpu}):
+        child = subprocess.Popen(
+            [
+                *(sys.executable, "-m", _MODULE, "--floor-child", runtime),
+                *("--models-dir", str(args.models_dir), "--models", model),
+                *("--batch", str(args.batch), "--seconds", str(args.seconds + 1.5)),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
     assert child.stdout is not None
     if child.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the floor for {runtime}/{model} did not start")
@@ -150,30 +153,22 @@ def _profile_floor(args: argparse.Namespace, runtime: str, model: str, out: Path
 def _profile_served(
     args: argparse.Namespace, runtime: str, model: str, out: Path, minimal: bool = False
 ) -> dict[str, Any]:
-    from benchmarks.profile_serving import wait_until_connectable
-    from benchmarks.serving import drive, latest_version
-    from harness import free_port
+    from benchmarks.serving import _minimal_server, drive, latest_version
+    from harness import ServerProcess
+    from loadtest.run.cpu import pinned
 
-    port, rest_port = free_port(), free_port()
-    pinned = ["taskset", "-c", str(args.server_cpu), sys.executable, "-m"]
-    if minimal:
-        # The yardstick: grpc.aio decoding tensor_content and running ONNX Runtime inline.
-        onnx = latest_version(args.models_dir / model) / "model.onnx"
-        command = [*pinned, "benchmarks.minimal_server", str(onnx), str(port)]
-    else:
-        command = [
-            *pinned,
-            *("serving", "--port", str(port), "--rest_api_port", str(rest_port)),
-            *("--runtime", runtime, "--model_config_file", str(args.models_dir / "models.config")),
-            *("--log_level", "warning"),
-        ]
-    server = subprocess.Popen(command)
-    try:
-        target = f"127.0.0.1:{port}"
-        wait_until_connectable(target, 180)
-        if not minimal:
-            # gRPC listens before the models load (TensorFlow's take seconds).
-            _wait_available(f"http://127.0.0.1:{rest_port}/v1/models/{model}", 180)
+    with contextlib.ExitStack() as stack:
+        # Only the server starts on the server's CPU (it and its threads inherit it); this
+        # process and the load stay on the generator's.
+        with pinned({args.server_cpu}):
+            if minimal:
+                # The yardstick: grpc.aio decoding tensor_content, ONNX Runtime inline.
+                onnx = latest_version(args.models_dir / model) / "model.onnx"
+                target = stack.enter_context(_minimal_server(onnx, []))
+            else:
+                flags = ["--runtime", runtime, "--log_level", "warning"]
+                server = ServerProcess(args.models_dir / "models.config", flags)
+                target = stack.enter_context(server).grpc_target
         drive("grpc", target, model, args.batch, args.concurrency, 2.0)  # warm
         result: dict[str, Any] = {}
         # The load runs a little longer than perf on both sides (the client process's start
@@ -187,26 +182,7 @@ def _profile_served(
         time.sleep(2.0)
         groups = _perf(args.server_cpu, args.seconds, out)
         load.join()
-        return {"rate": result["rps"], "groups": groups, "errors": result["errors"]}
-    finally:
-        server.terminate()
-        server.wait()
-
-
-def _wait_available(url: str, timeout_s: float) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as reply:
-                if b'"AVAILABLE"' in reply.read():
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not report AVAILABLE within {timeout_s} s")
+    return {"rate": result["rps"], "groups": groups, "errors": result["errors"]}
 
 
 def _us_per_request(measured: dict[str, Any], seconds: float) -> dict[str, float]:
@@ -275,15 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor_child:
         floor_child(args.floor_child, args.models_dir, args.models, args.batch, args.seconds)
         return 0
+    from loadtest.run.cpu import pinned
+
     # This process and the load's client processes (spawned from it) on the generator's CPU;
     # its own CPU set back afterwards (the tests call main in the test process).
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {args.generator_cpu})
-    try:
-        with tempfile.TemporaryDirectory(prefix="batch256-cost-") as work:
-            _measure_all(args, Path(work))
-    finally:
-        os.sched_setaffinity(0, previous)
+    with pinned({args.generator_cpu}), tempfile.TemporaryDirectory(prefix="batch256-") as work:
+        _measure_all(args, Path(work))
     return 0
 
 

@@ -595,7 +595,11 @@ def test_operator_profile_of_the_exported_models(exported_repository):
 def test_operator_profile_calls_the_runtime_in_the_servers_runs(exported_repository):
     # A profiled call is the server's call: more rows than --max_rows_per_run go through the
     # runtime in runs of that many rows (serving.model.runs), with the server's thread counts.
-    from loadtest.run.opprofile import profile_rows, run_rows
+    from loadtest.run.opprofile import profile_rows
+    from serving.model.runs import run_slices
+
+    def run_rows(batch_size: int, max_rows: int) -> list[int]:
+        return [run.stop - run.start for run in run_slices(batch_size, max_rows)]
 
     assert run_rows(256, 64) == [64, 64, 64, 64]
     assert run_rows(100, 64) == [64, 36]

@@ -13,7 +13,7 @@ Every profiler runs the model as the server started with the sweep's ``--server-
 (:func:`loadtest.run.floor.server_way`): its runtime options, threads sized from the CPU set the
 process is given (ONNX Runtime's default pool would pin a thread to every core of the machine,
 outside it) and calls of more than ``--max_rows_per_run`` rows in runs of that many rows
-(:func:`run_rows`, as ``serving.model.runs.predict_in_runs`` splits them): a profiled call is
+(``serving.model.runs.run_slices``, as the server's ``predict_in_runs``): a profiled call is
 the server's call, so its sum compares with the in-process floor. The ONNX session is opened as
 the server's ONNX runtime opens it (all graph optimisations, no thread spinning, one intra-op
 thread up to :data:`serving.runtimes.onnx.SMALL_BATCH_ROWS` rows).
@@ -187,14 +187,6 @@ class GraphCosts:
         return kind if kind in ("standard conv", "depthwise", "pointwise") else "standard conv"
 
 
-def run_rows(batch_size: int, max_rows: int) -> list[int]:
-    """The rows of each runtime call the server makes for a ``batch_size``-row request with
-    ``--max_rows_per_run max_rows`` (0: one call), as ``predict_in_runs`` slices it."""
-    if not max_rows or batch_size <= max_rows:
-        return [batch_size]
-    return [min(max_rows, batch_size - start) for start in range(0, batch_size, max_rows)]
-
-
 def _session(model_path: Path, rows: int, intra_op_threads: int, profile_prefix: str) -> Any:
     import onnxruntime as ort
 
@@ -260,23 +252,23 @@ def profile_model(
     """{kind: (ms per call, MACs per call)} for ``model_path`` at ``batch_size``, a call being
     the server's runs of at most ``max_rows`` rows; ``intra_op_threads`` 0: one per CPU of the
     process's CPU set."""
+    from serving.model.runs import run_slices
     from serving.runtimes.cpuset import threads_or_cpu_count
 
     costs = GraphCosts(model_path)
-    slices = run_rows(batch_size, max_rows)
+    runs = run_slices(batch_size, max_rows)
     threads = threads_or_cpu_count(intra_op_threads)
     with tempfile.TemporaryDirectory(prefix="opprofile-") as tmp:
-        session = _session(model_path, slices[0], threads, str(Path(tmp) / "trace"))
+        first_rows = runs[0].stop - runs[0].start
+        session = _session(model_path, first_rows, threads, str(Path(tmp) / "trace"))
         meta = session.get_inputs()[0]
         shape = [batch_size, *(d if isinstance(d, int) else 1 for d in meta.shape[1:])]
         rng = np.random.default_rng(0)
         images = rng.random(shape, dtype=np.float32)
 
         def call() -> None:
-            start = 0
-            for rows in slices:
-                session.run(None, {meta.name: images[start : start + rows]})
-                start += rows
+            for run in runs:
+                session.run(None, {meta.name: images[run]})
 
         for _ in range(warmup_calls):
             call()
@@ -285,7 +277,7 @@ def profile_model(
             call()
             calls += 1
         trace = json.loads(Path(session.end_profiling()).read_text())
-    times = kind_times(trace, costs, calls * len(slices), calls)
+    times = kind_times(trace, costs, calls * len(runs), calls)
     per_image = costs.macs_by_kind()
     return {kind: (times[kind], per_image[kind] * batch_size) for kind in OP_KINDS}
 

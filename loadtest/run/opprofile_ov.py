@@ -99,7 +99,8 @@ def profile_nodes(
     per call, and the mean wall ms of a call; a call is the server's runs of at most
     ``max_rows`` rows (0: one run)."""
     from contract import ONNX_FILENAME, SIGNATURE_NAME
-    from loadtest.run.opprofile import MIN_CALLS, run_rows
+    from loadtest.run.opprofile import MIN_CALLS
+    from serving.model.runs import run_slices
     from serving.runtimes import RuntimeOptions
     from serving.runtimes.openvino import OpenVinoRuntime
 
@@ -107,18 +108,17 @@ def profile_nodes(
     request = runtime.compiled.create_infer_request()
     name = next(iter(runtime.signatures[SIGNATURE_NAME].inputs))
     images = np.random.default_rng(0).random((batch_size, 28, 28, 1), dtype=np.float32)
-    slices = run_rows(batch_size, max_rows)
+    runs = run_slices(batch_size, max_rows)
     totals: dict[str, float] = {}
     infos: dict[str, Any] = {}
 
     def call(record: bool) -> float:
         """One server call (its runs); the seconds spent in ``infer``."""
-        start, seconds = 0, 0.0
-        for rows in slices:
+        seconds = 0.0
+        for run in runs:
             started = time.perf_counter()
-            request.infer({name: images[start : start + rows]})
+            request.infer({name: images[run]})
             seconds += time.perf_counter() - started
-            start += rows
             if record:
                 # The counters are those of the last infer: summed run by run, outside the timing.
                 _add_counters(request, infos, totals)

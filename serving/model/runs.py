@@ -18,6 +18,14 @@ import numpy as np
 from serving.runtimes import Runtime
 
 
+def run_slices(rows: int, max_rows: int) -> list[slice]:
+    """The rows of each runtime call for a ``rows``-row request, ``max_rows`` at a time (0: one
+    call); the operator profile calls runtimes through the same slices."""
+    if not max_rows or rows <= max_rows:
+        return [slice(0, rows)]
+    return [slice(start, min(start + max_rows, rows)) for start in range(0, rows, max_rows)]
+
+
 def predict_in_runs(
     runtime: Runtime,
     signature_name: str,
@@ -27,10 +35,10 @@ def predict_in_runs(
 ) -> dict[str, np.ndarray]:
     """``runtime.predict`` over ``inputs``, ``max_rows`` rows at a time (0: in one call), the
     outputs joined in order."""
-    if not max_rows or rows <= max_rows:
+    runs = run_slices(rows, max_rows)
+    if len(runs) == 1:
         return runtime.predict(signature_name, inputs)
     parts = [
-        runtime.predict(signature_name, {n: a[start : start + max_rows] for n, a in inputs.items()})
-        for start in range(0, rows, max_rows)
+        runtime.predict(signature_name, {n: a[run] for n, a in inputs.items()}) for run in runs
     ]
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
